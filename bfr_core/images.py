@@ -42,13 +42,16 @@ def check_image(image: torch.Tensor, name: str = "image") -> torch.Tensor:
         )
     if not image.is_floating_point():
         image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-    if image.numel() and not torch.isfinite(image).all():
+    if not image.numel():
+        return image
+    lo, hi = torch.aminmax(image)  # one pass: NaN and inf show up in the extremes
+    if not torch.isfinite(lo + hi):
         bad = (~torch.isfinite(image)).sum().item()
         raise InputError(
             f"{name} contains {bad} NaN or infinite values; the node that produced it failed. "
             "Check the upstream node (or its precision setting) and run again."
         )
-    return image.clamp(0.0, 1.0)
+    return image.clamp(0.0, 1.0) if (lo < 0 or hi > 1) else image
 
 
 def split_alpha(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -25,7 +25,9 @@ def node_list() -> list[type]:
         try:
             module = importlib.import_module(f"{__name__}.{name}")
         except ImportError as e:
-            log.warning("ComfyUI-BFR: %s nodes disabled: %s (install the missing package to enable them)", name, e)
+            if e.name is None or e.name.startswith(__name__):
+                raise  # our own module is broken: that is a bug, not a missing optional package
+            log.warning("ComfyUI-BFR: %s nodes disabled: the package %r is missing (pip install it to enable them)", name, e.name)
             continue
         nodes.extend(module.NODES)
     return nodes

@@ -34,20 +34,6 @@ def _progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
 
 
-def _parse_overrides(items: Sequence[str]) -> dict:
-    """``key=value`` pairs; values are JSON when they parse (numbers, lists ``[1,4]``), else strings."""
-    out = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise BFRError(f"--set expects key=value, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
 # --------------------------------------------------------------------------------------- commands
 
 @command("convert")
@@ -108,16 +94,21 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_degrade(args: argparse.Namespace) -> int:
     import torch
 
-    from .degrade import degrade
+    from .degrade import degrade, get_preset, parse_overrides
     from .device import resolve_device
     from .imageio import list_images, load_image, save_image
 
+    if args.describe:
+        print(get_preset(args.preset).describe())
+        return 0
+    if not args.inputs or not args.output:
+        raise BFRError("give input images or folders and -o OUTPUT (or --describe to list a preset's parameters)")
     files = list_images(args.inputs)
     if not files:
         raise BFRError("no images found in the inputs")
     out_dir = Path(args.output)
     device = resolve_device(args.device)
-    overrides = _parse_overrides(args.set)
+    overrides = parse_overrides(";".join(args.set or ()))
     records = []
     with _progress_bar(len(files), "degrade") as bar:
         for i, (path, rel) in enumerate(files):
@@ -135,7 +126,8 @@ def cmd_degrade(args: argparse.Namespace) -> int:
             records.append({"file": str(rel), "seed": args.seed + i, **params.as_records()[0]})
             bar.update(1)
     if records:
-        (out_dir / "degradations.jsonl").open("a").write("".join(json.dumps(r, default=str) + "\n" for r in records))
+        with (out_dir / "degradations.jsonl").open("a") as f:
+            f.writelines(json.dumps(r, default=str) + "\n" for r in records)
     print(f"{len(records)} images written to {out_dir}")
     return 0
 
@@ -162,11 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quiet", action="store_true")
 
     c = sub.add_parser("degrade", help="synthesise low-quality faces with the papers' degradation models")
-    c.add_argument("inputs", nargs="+", help="image files or folders (recursive)")
-    c.add_argument("-o", "--output", required=True)
+    c.add_argument("inputs", nargs="*", help="image files or folders (recursive)")
+    c.add_argument("-o", "--output")
+    c.add_argument("--describe", action="store_true", help="list the preset's parameters and ranges, then exit")
     c.add_argument("--preset", default="gfpgan", choices=("gfpgan", "gpen", "realesrgan"))
     c.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix or bound a parameter, e.g. --set scale=8 --set jpeg_quality=[60,80]")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix or re-range a parameter, e.g. --set scale=8 --set jpeg_quality=60:80 (see --describe)")
     c.add_argument("--size", type=int, default=0, help="resize inputs to SIZE×SIZE first (e.g. 512)")
     c.add_argument("--device", default="cpu")
     c.add_argument("--overwrite", action="store_true")

@@ -1,7 +1,7 @@
 """Run this pack inside a real ComfyUI: import smoke test, then API-format workflows through ``/prompt``.
 
     python tests/comfyui_e2e.py --comfyui-dir /path/to/ComfyUI [--python /path/to/venv/bin/python] \
-        [--workflow tests/workflows_api/degrade.json ...] [--models-from DIR] [--inputs-from DIR]
+        [--workflow workflows/degrade.json ...] [--models-from DIR] [--inputs-from DIR]
 
 Everything ComfyUI writes goes to a temporary ``--base-directory`` (custom_nodes/ with a link to this
 repository, models/, input/, output/, user/): the ComfyUI checkout itself is never modified. A workflow
@@ -29,6 +29,9 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.workflow_tools import ui_to_api  # noqa: E402
+
 PACK_DIRNAME = "ComfyUI-BFR"
 
 
@@ -108,6 +111,8 @@ def run_workflows(python: str, comfy: Path, base: Path, workflows: list[Path], t
             problems.append("no BFR nodes are registered in /object_info")
         for wf in workflows:
             prompt = json.loads(wf.read_text())
+            if "nodes" in prompt and "links" in prompt:
+                prompt = ui_to_api(prompt, info)
             client_id = str(uuid.uuid4())
             status, reply = _http(f"{url}/prompt", {"prompt": prompt, "client_id": client_id})
             if status != 200 or reply.get("node_errors"):
@@ -160,7 +165,7 @@ def main(argv=None) -> int:
     comfy = Path(args.comfyui_dir).resolve()
     if not (comfy / "main.py").is_file():
         p.error(f"{comfy} is not a ComfyUI checkout (no main.py)")
-    workflows = args.workflow or sorted((REPO / "tests" / "workflows_api").glob("*.json"))
+    workflows = args.workflow or sorted((REPO / "workflows").glob("*.json"))
     base = Path(tempfile.mkdtemp(prefix="bfr-comfyui-"))
     try:
         prepare_base(base, args.models_from, args.inputs_from)

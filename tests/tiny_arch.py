@@ -17,9 +17,9 @@ class TinyNetConfig:
 
 
 class TinyNet(nn.Module):
-    def __init__(self, config: TinyNetConfig):
+    def __init__(self, config: TinyNetConfig | None = None):  # Optional on purpose: the loader must unwrap it
         super().__init__()
-        self.config = config
+        self.config = config = config or TinyNetConfig()
         self.head = nn.Conv2d(3, config.channels, 3, padding=1)
         self.body = nn.ModuleList(nn.Conv2d(config.channels, config.channels, 3, padding=1) for _ in range(config.depth))
         self.tail = nn.Conv2d(config.channels, 3, 3, padding=1)
@@ -39,8 +39,9 @@ def config_from_state_dict(sd) -> TinyNetConfig:
 TINY = Architecture(
     name="tiny_net",
     signature=("head.weight", "tail.weight", "kernel"),
-    model="tests.tiny_arch:TinyNet",
-    config_from_state_dict="tests.tiny_arch:config_from_state_dict",
-    prefixes=("g_ema.", "params_ema.", "g.", ""),
+    # this module's own name: pytest may import it as `tests.tiny_arch` or `<repo>.tests.tiny_arch`
+    model=f"{__name__}:TinyNet",
+    config_from_state_dict=f"{__name__}:config_from_state_dict",
+    prefixes=("g_ema.", "params_ema.", "g.", "", "state_dict."),
     title="test network",
 )

@@ -29,8 +29,9 @@ class Architecture:
     """How to recognise one architecture in a checkpoint and build it.
 
     ``model`` and ``config_from_state_dict`` are ``"module:attr"`` paths imported lazily; the model class
-    takes a config dataclass. ``prefixes`` lists the nests to prefer, best first (EMA weights over raw
-    training weights). ``extras`` maps model keys to keys stored outside the prefix (e4e's ``latent_avg``).
+    takes a config dataclass. ``prefixes`` lists the nests where this architecture may sit in a file, best
+    first (EMA weights over raw training weights); a match anywhere else (e.g. a UNet inside another
+    model) is not reported. ``extras`` maps model keys to keys stored outside the prefix (e4e's ``latent_avg``).
     """
 
     name: str
@@ -131,9 +132,8 @@ def detect(ckpt: Checkpoint, only: str | None = None) -> list[Match]:
     for arch in all_architectures():
         if only is not None and arch.name != only:
             continue
-        prefixes = _find_prefixes(keys, arch.signature, arch.strip)
         rank = {p: i for i, p in enumerate(arch.prefixes)}
-        prefixes.sort(key=lambda p: (rank.get(p, len(rank)), len(p), p))
+        prefixes = sorted((p for p in _find_prefixes(keys, arch.signature, arch.strip) if p in rank), key=rank.__getitem__)
         matches += [Match(arch, p) for p in prefixes]
     return matches
 
@@ -235,6 +235,11 @@ def stored_config(ckpt: Checkpoint, arch_name: str) -> Any:
 
 
 def _config_class(arch: Architecture) -> type:
+    """The config dataclass of an architecture, from its model's type hints.
+
+    Taken from our registry (trusted code), never from a name stored in the file: a file must not be
+    able to make us import and call something of its choosing.
+    """
     import inspect
     import typing
 
@@ -242,7 +247,9 @@ def _config_class(arch: Architecture) -> type:
     hints = typing.get_type_hints(init)
     params = [p for p in inspect.signature(init).parameters.values() if p.name != "self"]
     ann = hints.get(params[0].name) if params else None
-    if ann is None or not hasattr(ann, "__dataclass_fields__"):
+    # `config: Config | None = None` is common: take the dataclass out of the union.
+    ann = next((a for a in (typing.get_args(ann) or (ann,)) if hasattr(a, "__dataclass_fields__")), None)
+    if ann is None:
         raise WeightsError(f"{arch.model} must take a config dataclass as its first argument")
     return ann
 

@@ -33,3 +33,46 @@ register(Architecture(
     config_from_state_dict=_M + "arcface:config_from_state_dict",
     prefixes=("", "state_dict."),
 ))
+
+# ----------------------------------------------------------------------------------------- VSPBFR
+register(Architecture(
+    name="vspbfr_e4e_encoder",
+    title="e4e style encoder (IR-SE50, VSPBFR stage 1)",
+    signature=("input_layer.0.weight", "styles.0.linear.weight", "latlayer1.weight", "latlayer2.weight"),
+    model=_M + "e4e:Encoder4Editing",
+    config_from_state_dict=_M + "e4e:config_from_state_dict",
+    prefixes=("state_dict.encoder.", "encoder.", ""),
+    extras={"latent_avg": "latent_avg"},  # stored beside the state dict in e4e checkpoints
+))
+register(Architecture(
+    name="stylegan2_generator",
+    title="StyleGAN2 generator (rosinality layout; VSPBFR's facial feature bank)",
+    signature=("input.input", "conv1.conv.weight", "to_rgb1.conv.weight", "style.1.weight"),
+    model=_M + "stylegan2:Generator",
+    config_from_state_dict=_M + "stylegan2:config_from_state_dict",
+    prefixes=("g_ema.", "state_dict.decoder.", "decoder.", "g.", ""),
+))
+register(Architecture(
+    name="vspbfr_code_diffuser",
+    title="VSPBFR code diffuser (4 TACC blocks)",
+    signature=("att_mapper.0.q_matrix.weight", "att_mapper.0.attention_layer.q_matrix.weight"),
+    model=_M + "code_diffuser:CodeDiffuser",
+    config_from_state_dict=_M + "code_diffuser:config_from_state_dict",
+    prefixes=("att_mapper.", ""),
+))
+register(Architecture(
+    name="vspbfr_restoration_net",
+    title="VSPBFR SMART restoration auto-encoder",
+    signature=("down_from_big.fusion.0.weight", "final_transfer.weight", "conv1.ModulatedConv2ds.0.weight"),
+    model=_M + "smart:RestorationNet",
+    config_from_state_dict=_M + "smart:config_from_state_dict",
+    prefixes=("g_ema.", "g.", ""),
+))
+register(Architecture(
+    name="vspbfr_discriminator",
+    title="VSPBFR StyleGAN2 discriminator",
+    signature=("encoder_input_convs.0.weight", "final_linear.1.weight"),
+    model=_M + "vspbfr_discriminator:Discriminator",
+    config_from_state_dict=_M + "vspbfr_discriminator:config_from_state_dict",
+    prefixes=("d.", ""),
+))

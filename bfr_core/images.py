@@ -119,3 +119,20 @@ def check_mask(mask: torch.Tensor, batch: int, height: int, width: int, name: st
 def mask_to_model(mask: torch.Tensor, batch: int, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """MASK (B, H, W) → (B, 1, H, W) in [0, 1] on ``device``, fitted to the image size."""
     return check_mask(mask, batch, height, width).to(device=device, dtype=dtype)[:, None]
+
+
+def fit_square(x: torch.Tensor, size: int, what: str = "face crops") -> torch.Tensor:
+    """Resize square model tensors (B, C, s, s) to ``size`` (antialiased bicubic); other shapes are an error.
+
+    Restorers take aligned square crops; a 256 or 1024 crop is resized, but a whole photo is refused with
+    the fix (detect and align the faces first), because stretching it would restore nothing.
+    """
+    h, w = x.shape[-2:]
+    if h != w:
+        raise InputError(
+            f"{what} must be square aligned faces ({size}×{size}); got {h}×{w}. "
+            "Use FaceDetectCrop (or `bfr restore` without --aligned) to detect and align the faces first."
+        )
+    if h == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bicubic", antialias=h > size, align_corners=False)

@@ -84,7 +84,8 @@ def import_smoke_test(python: str, comfy: Path, base: Path) -> list[str]:
     return problems
 
 
-def run_workflows(python: str, comfy: Path, base: Path, workflows: list[Path], timeout: float) -> list[str]:
+def run_workflows(python: str, comfy: Path, base: Path, workflows: list[Path], timeout: float,
+                  substitutions: dict[str, str] | None = None) -> list[str]:
     port = _free_port()
     cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
            "--disable-api-nodes", "--base-directory", str(base)]
@@ -113,6 +114,10 @@ def run_workflows(python: str, comfy: Path, base: Path, workflows: list[Path], t
             prompt = json.loads(wf.read_text())
             if "nodes" in prompt and "links" in prompt:
                 prompt = ui_to_api(prompt, info)
+            for node in prompt.values():
+                for k, v in node["inputs"].items():
+                    if isinstance(v, str) and v in (substitutions or {}):
+                        node["inputs"][k] = substitutions[v]
             client_id = str(uuid.uuid4())
             status, reply = _http(f"{url}/prompt", {"prompt": prompt, "client_id": client_id})
             if status != 200 or reply.get("node_errors"):
@@ -157,6 +162,7 @@ def main(argv=None) -> int:
     p.add_argument("--workflow", action="append", type=Path, help="API-format workflow JSON (default: tests/workflows_api/*.json)")
     p.add_argument("--models-from", type=Path, help="folder whose files are copied to models/bfr")
     p.add_argument("--inputs-from", type=Path, help="folder whose files are copied to input/")
+    p.add_argument("--substitute", type=Path, help="JSON {widget value: replacement}, e.g. official weight choices -> test files")
     p.add_argument("--timeout", type=float, default=900, help="seconds per workflow")
     p.add_argument("--keep", action="store_true", help="keep the temporary base directory")
     args = p.parse_args(argv)
@@ -172,7 +178,8 @@ def main(argv=None) -> int:
         print(f"import smoke test ({comfy}, base {base})")
         problems = import_smoke_test(args.python, comfy, base)
         if not problems:
-            problems = run_workflows(args.python, comfy, base, workflows, args.timeout)
+            subs = json.loads(args.substitute.read_text()) if args.substitute else None
+            problems = run_workflows(args.python, comfy, base, workflows, args.timeout, subs)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

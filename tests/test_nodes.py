@@ -134,11 +134,23 @@ def _stub_executor(pack, input_dir: Path, saved: list):
     return execute
 
 
+@pytest.fixture(scope="module")
+def tiny_models(pack):
+    """Tiny random-weight checkpoints in the stand-in's models/bfr folder, and the workflow substitutions."""
+    import folder_paths
+
+    from tests import tiny_weights
+
+    return tiny_weights.write_all(Path(folder_paths.models_dir) / "bfr")
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_example_workflows_run(pack, path, tmp_path):
+def test_example_workflows_run(pack, tiny_models, path, tmp_path):
+    from tests import tiny_weights
+
     workflow = wt.load_workflow(path)
     info = wt.object_info_from_nodes(pack)
-    prompt = wt.ui_to_api(workflow, info)
+    prompt = tiny_weights.substitute(wt.ui_to_api(workflow, info), tiny_models)
     for node in prompt.values():  # every image a workflow loads is made here
         if node["class_type"] == "LoadImage":
             from bfr_core.imageio import save_image
@@ -149,6 +161,15 @@ def test_example_workflows_run(pack, path, tmp_path):
     assert saved, f"{path.name} produced no image"
     for img in saved:
         assert img.dim() == 4 and img.shape[-1] in (3, 4) and torch.isfinite(img).all()
+
+
+def test_workflow_files_match_their_specs(pack):
+    from tests import workflow_specs
+
+    rendered = workflow_specs.render_all(wt.object_info_from_nodes(pack))
+    assert sorted(rendered) == [p.stem for p in WORKFLOWS], "a workflow file has no spec (or the reverse)"
+    for name, text in rendered.items():
+        assert (REPO / "workflows" / f"{name}.json").read_text() == text, f"regenerate: python -m tests.workflow_specs ({name})"
 
 
 def test_ui_to_api_maps_widgets_by_position(pack):
@@ -171,4 +192,9 @@ def test_in_real_comfyui(tmp_path):
     from bfr_core.imageio import save_image
 
     save_image(_face(128, 128, seed=1), inputs / "bfr_example_face.png")
-    assert comfyui_e2e.main(["--inputs-from", str(inputs)]) == 0
+    from tests import tiny_weights
+
+    subs = tiny_weights.write_all(tmp_path / "models")
+    (tmp_path / "subs.json").write_text(json.dumps(subs))
+    assert comfyui_e2e.main(["--inputs-from", str(inputs), "--models-from", str(tmp_path / "models"),
+                             "--substitute", str(tmp_path / "subs.json")]) == 0

@@ -84,8 +84,11 @@ def ui_to_api(workflow: dict, object_info: dict[str, dict]) -> dict[str, dict]:
                 if _is_widget(spec):
                     value = values[pos] if pos < len(values) else spec[1].get("default") if len(spec) > 1 else None
                     pos += 1
-                    if len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("control_after_generate"):
+                    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                    if opts.get("control_after_generate"):
                         pos += 1  # the "fixed/increment/randomize" value the frontend stores after a seed
+                    if opts.get("image_upload"):
+                        pos += 1  # the upload button's value
                     if name not in linked:
                         inputs[name] = value
                 if name in linked:
@@ -117,3 +120,59 @@ def run_prompt(prompt: dict[str, dict], execute: Callable[[str, dict], tuple]) -
             args = {k: results[v[0]][v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
             results[nid] = execute(node["class_type"], args)
     return results
+
+
+def build_ui(nodes: list[dict], object_info: dict[str, dict]) -> dict:
+    """A UI-format workflow from a compact spec, laid out left to right by dependency depth.
+
+    Each spec node: ``{"id": int, "type": str, "widgets": {name: value}, "links": {input: (src_id, slot)},
+    "title": optional}``. Widget values are placed in the node's input order (as the frontend stores
+    them), with ``"fixed"`` after every seed-like widget that has control_after_generate.
+    """
+    by_id = {n["id"]: n for n in nodes}
+    depth: dict[int, int] = {}
+
+    def node_depth(nid: int) -> int:
+        if nid not in depth:
+            srcs = [src for src, _ in by_id[nid].get("links", {}).values()]
+            depth[nid] = 1 + max((node_depth(s) for s in srcs), default=-1)
+        return depth[nid]
+
+    links, ui_nodes, rows = [], [], {}
+    out_links: dict[tuple[int, int], list[int]] = {}
+    for n in nodes:
+        for name, (src, slot) in n.get("links", {}).items():
+            link_id = len(links) + 1
+            src_type = object_info[by_id[src]["type"]]["output"][slot]
+            links.append([link_id, src, slot, n["id"], None, src_type])
+            out_links.setdefault((src, slot), []).append(link_id)
+    for order, n in enumerate(sorted(nodes, key=lambda n: (node_depth(n["id"]), n["id"]))):
+        info = object_info[n["type"]]
+        col = node_depth(n["id"])
+        row = rows[col] = rows.get(col, -1) + 1
+        inputs, values = [], []
+        for section in ("required", "optional"):
+            for name in info["input_order"].get(section, []):
+                spec = info["input"][section][name]
+                if _is_widget(spec):
+                    values.append(n.get("widgets", {}).get(name, spec[1].get("default") if len(spec) > 1 else None))
+                    if spec[1].get("control_after_generate"):
+                        values.append("fixed")
+                    if spec[0] == "COMBO" and spec[1].get("image_upload"):
+                        values.append("image")
+                elif name in n.get("links", {}) or section == "required":
+                    link_id = next((lk[0] for lk in links if lk[3] == n["id"] and (lk[4] is None) and
+                                    n["links"].get(name) == (lk[1], lk[2])), None)
+                    for lk in links:
+                        if lk[0] == link_id:
+                            lk[4] = len(inputs)
+                    inputs.append({"name": name, "type": spec[0], "link": link_id})
+        outputs = [{"name": t, "type": t, "links": out_links.get((n["id"], i))} for i, t in enumerate(info["output"])]
+        node = {"id": n["id"], "type": n["type"], "pos": [40 + 380 * col, 80 + 330 * row], "size": [340, 280],
+                "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
+                "properties": {"Node name for S&R": n["type"]}, "widgets_values": values}
+        if n.get("title"):
+            node["title"] = n["title"]
+        ui_nodes.append(node)
+    return {"last_node_id": max(by_id), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 1, "offset": [0, 0]}}, "version": 0.4}

@@ -76,3 +76,21 @@ register(Architecture(
     config_from_state_dict=_M + "vspbfr_discriminator:config_from_state_dict",
     prefixes=("d.", ""),
 ))
+
+# ----------------------------------------------------------------------------------------- PLTrans (ours)
+register(Architecture(
+    name="pltrans",
+    title="PLTrans restoration network (this project's reference implementation)",
+    signature=("prior.codebook", "prior.conv.weight", "fuse.0.norm_query.weight", "encoder.conv_in.weight"),
+    model=_M + "pltrans:PLTrans",
+    config_from_state_dict=_M + "pltrans:config_from_state_dict",
+    prefixes=("", "ema.", "model."),
+))
+register(Architecture(
+    name="vqgan_dictionary",
+    title="VQGAN HQ dictionary (RestoreFormer layout; PLTrans stage 1)",
+    signature=("quant_conv.weight", "quantize.embedding.weight", "post_quant_conv.weight", "encoder.conv_in.weight"),
+    model=_M + "vq:VQGAN",
+    config_from_state_dict=_M + "vq:config_from_state_dict",
+    prefixes=("", "ema.", "model.", "vqvae.", "state_dict.vqvae.", "state_dict."),
+))

@@ -1,0 +1,57 @@
+"""Helpers shared by the node families: weight choices, custom wire types, crops in and out."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+
+from bfr_core import images
+from bfr_core.device import DTYPE_CHOICES
+from bfr_core.weights import KNOWN, LoadedModel, load_model
+
+from . import _comfy
+from ._comfy import io
+
+log = logging.getLogger("bfr")
+
+# Custom wire types, declared once.
+VSPBFR = io.Custom("BFR_VSPBFR")
+WPLUS = io.Custom("BFR_WPLUS")
+FEATURE_BANK = io.Custom("BFR_FEATURE_BANK")
+
+PRECISION_INPUT_TOOLTIP = "auto: bf16 on a CUDA GPU, fp32 on the CPU."
+
+
+def precision_input() -> io.Combo.Input:
+    return io.Combo.Input("precision", options=list(DTYPE_CHOICES), default="auto", tooltip=PRECISION_INPUT_TOOLTIP)
+
+
+def weight_choices(registry_ids: Sequence[str]) -> list[str]:
+    """Combo options: the known checkpoints (downloaded on first use), then files in the model folders."""
+    known = [f"{rid} (auto-download)" for rid in registry_ids]
+    return known + [f for f in _comfy.model_files() if f not in {KNOWN[r].filename for r in registry_ids}]
+
+
+def load_choice(choice: str, architecture: str) -> LoadedModel:
+    """Load what a weight combo names: a registry id (found or downloaded into models/bfr) or a file."""
+    spec = choice.removesuffix(" (auto-download)")
+    if spec not in KNOWN:
+        spec = _comfy.model_path(spec) or spec
+    # Not cached in the core: the loader nodes keep what they built, so replacing it frees the old weights.
+    loaded = load_model(spec, architecture, dest_dir=_comfy.download_dir(), cache=False)
+    log.info("BFR: %s", loaded.licence_notice)
+    return loaded
+
+
+def crops_to_model(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """IMAGE of aligned crops → (B, 3, size, size) in [-1, 1] on the CPU, plus the alpha channel if any."""
+    rgb, alpha = images.split_alpha(image)
+    x = images.fit_square(images.to_model(rgb), size)
+    return x, alpha
+
+
+def model_to_crops(x: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
+    """Model output → IMAGE on ComfyUI's intermediate device, alpha re-attached (resized if needed)."""
+    return images.merge_alpha(images.from_model(x, _comfy.output_device()), alpha)

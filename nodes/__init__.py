@@ -12,7 +12,7 @@ import logging
 log = logging.getLogger("bfr")
 
 #: Node families, in menu order.
-FAMILIES = ("vspbfr", "degrade")
+FAMILIES = ("vspbfr", "pltrans", "degrade")
 
 
 def node_list() -> list[type]:

@@ -20,6 +20,7 @@ log = logging.getLogger("bfr")
 VSPBFR = io.Custom("BFR_VSPBFR")
 WPLUS = io.Custom("BFR_WPLUS")
 FEATURE_BANK = io.Custom("BFR_FEATURE_BANK")
+PLTRANS = io.Custom("BFR_PLTRANS")
 
 PRECISION_INPUT_TOOLTIP = "auto: bf16 on a CUDA GPU, fp32 on the CPU."
 

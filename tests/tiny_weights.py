@@ -27,10 +27,23 @@ def write_vspbfr(folder: Path) -> dict[str, str]:
     }
 
 
+def write_pltrans(folder: Path) -> dict[str, str]:
+    import torch
+
+    from bfr_core.models.pltrans import PLTrans
+    from bfr_core.weights import save_model
+    from tests.pltrans_tiny import tiny_pltrans
+
+    torch.manual_seed(0)
+    save_model(PLTrans(tiny_pltrans()), folder / "tiny_pltrans.safetensors", "pltrans", {"note": "random weights for tests"})
+    return {"pltrans.safetensors": "tiny_pltrans.safetensors"}
+
+
 def write_all(folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     subs: dict[str, str] = {}
     subs.update(write_vspbfr(folder))
+    subs.update(write_pltrans(folder))
     return subs
 
 

@@ -19,6 +19,12 @@ VSPBFR_LOADER = {"id": 2, "type": "BFRVSPBFRLoader", "widgets": {
 }}
 
 SPECS: dict[str, list[dict]] = {
+    "pltrans_restore": [
+        {"id": 1, "type": "LoadImage", "widgets": {"image": FACE}, "title": "Aligned face crop"},
+        {"id": 2, "type": "BFRPLTransLoader", "widgets": {"model": "pltrans.safetensors"}},
+        {"id": 3, "type": "BFRPLTransRestore", "widgets": {"seed": 0}, "links": {"pltrans": (2, 0), "image": (1, 0)}},
+        {"id": 4, "type": "SaveImage", "widgets": {"filename_prefix": "pltrans"}, "links": {"images": (3, 0)}},
+    ],
     "degrade": [
         {"id": 1, "type": "LoadImage", "widgets": {"image": FACE}},
         {"id": 2, "type": "BFRDegrade", "widgets": {"preset": "gfpgan", "seed": 42, "overrides": "scale=8, jpeg_quality=70"},

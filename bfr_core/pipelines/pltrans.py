@@ -41,8 +41,13 @@ def face_generators(seed: int, start: int, n: int, device: torch.device) -> list
 class PLTransPipeline:
     """A PLTrans model on one device with the inference procedure of Sec. 3 (built and loaded by the caller)."""
 
+    name = "pltrans"
+
     def __init__(self, model: PLTrans, *, device: str | torch.device | None = None,
-                 dtype: str | torch.dtype | None = "auto"):
+                 dtype: str | torch.dtype | None = "auto", n: int = DEFAULT_N, s: int = DEFAULT_S,
+                 steps: int | None = DEFAULT_STEPS):
+        #: Regularisation chain used by :meth:`restore_faces` (perturb to n, reverse to s in ``steps`` evaluations).
+        self.n, self.s, self.steps = n, s, steps
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         # Weights stay float32: autocast lowers the heavy convolutions, the regulariser keeps full precision.
@@ -102,6 +107,13 @@ class PLTransPipeline:
         out = [self.restore(faces[lo:hi], n=n, s=s, steps=steps, seed=seed, first_index=lo, progress=progress)
                for lo, hi in _chunks(total, chunk)]
         return torch.cat(out)
+
+
+    def restore_faces(self, faces: torch.Tensor, seed: int = 0, *, batch_size: int | None = None,
+                      on_progress: Callable | None = None, check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
+        """The :class:`~bfr_core.pipelines.base.FaceRestorer` interface, with this pipeline's n, s and steps."""
+        return self(faces, n=self.n, s=self.s, steps=self.steps, seed=seed, batch_size=batch_size,
+                    on_progress=on_progress, check_cancel=check_cancel)
 
 
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:

@@ -85,6 +85,8 @@ class VSPBFRPipeline:
     posterior-mean steps) or ``"eps"`` (the paper's stochastic ε variant, for diffusers trained that way).
     """
 
+    name = "vspbfr"
+
     def __init__(self, style_encoder: Encoder4Editing, decoder: Generator, code_diffuser: CodeDiffuser,
                  restorer: RestorationNet, *, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = "auto", schedule: WPlusSchedule | None = None,
@@ -254,6 +256,12 @@ class VSPBFRPipeline:
                 previews.append(bank.preview)
             del bank
         return VSPBFRResult(torch.cat(restored), torch.cat(codes_out), torch.cat(previews) if preview else None)
+
+
+    def restore_faces(self, faces: torch.Tensor, seed: int = 0, *, batch_size: int | None = None,
+                      on_progress: Callable | None = None, check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
+        """The :class:`~bfr_core.pipelines.base.FaceRestorer` interface: restored crops only."""
+        return self(faces, seed, batch_size=batch_size, on_progress=on_progress, check_cancel=check_cancel).restored
 
 
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:

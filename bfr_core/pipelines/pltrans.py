@@ -22,10 +22,10 @@ from typing import Callable, Iterator
 import torch
 
 from ..device import resolve_device, resolve_dtype
-from ..errors import InputError
 from ..models.pltrans import DEFAULT_N, DEFAULT_S, DEFAULT_STEPS, PLTrans
 from ..progress import Progress
 from ..seeding import make_generator
+from .base import autocast, check_faces
 
 __all__ = ["PLTransPipeline", "STREAM", "face_generators"]
 
@@ -60,18 +60,10 @@ class PLTransPipeline:
         return 2 + (reg.num_evaluations(n, s, steps) if reg is not None else 0)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast(self.device, self.dtype)
 
     def _check_faces(self, faces: torch.Tensor) -> torch.Tensor:
-        if not isinstance(faces, torch.Tensor) or faces.ndim != 4 or faces.shape[1:] != (3, self.size, self.size):
-            shape = tuple(faces.shape) if isinstance(faces, torch.Tensor) else type(faces).__name__
-            raise InputError(f"PLTrans restores aligned face crops (batch, 3, {self.size}, {self.size}) in [-1, 1]; "
-                             f"got {shape}. Detect and align the faces first (or resize the crops to {self.size}).")
-        if not faces.is_floating_point():
-            raise InputError("face crops must be a floating-point tensor in [-1, 1]")
-        return faces.to(self.device, torch.float32)
+        return check_faces(faces, self.size, "PLTrans", self.device)
 
     @torch.no_grad()
     def restore(self, faces: torch.Tensor, *, n: int = DEFAULT_N, s: int = DEFAULT_S, steps: int | None = DEFAULT_STEPS,

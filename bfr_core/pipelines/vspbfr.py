@@ -35,6 +35,7 @@ from ..models.stylegan2 import Generator
 from ..progress import Progress
 from ..sampling.wplus import WPlusSchedule, sample_eps, sample_x0, vspbfr_schedule
 from ..seeding import make_generator
+from .base import autocast, check_faces
 
 __all__ = ["VSPBFRPipeline", "VSPBFRResult", "FeatureBank", "STREAMS"]
 
@@ -117,18 +118,10 @@ class VSPBFRPipeline:
         return 3 + self.schedule.num_timesteps
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast(self.device, self.dtype)
 
     def _check_faces(self, faces: torch.Tensor) -> torch.Tensor:
-        if not isinstance(faces, torch.Tensor) or faces.ndim != 4 or faces.shape[1:] != (3, self.size, self.size):
-            shape = tuple(faces.shape) if isinstance(faces, torch.Tensor) else type(faces).__name__
-            raise InputError(f"VSPBFR restores aligned face crops (batch, 3, {self.size}, {self.size}) in [-1, 1]; "
-                             f"got {shape}. Detect and align the faces first (or resize the crops to {self.size}).")
-        if not faces.is_floating_point():
-            raise InputError("face crops must be a floating-point tensor in [-1, 1]")
-        return faces.to(self.device, torch.float32)
+        return check_faces(faces, self.size, "VSPBFR", self.device)
 
     def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
         want = (self.decoder.n_latent, self.decoder.style_dim)

@@ -37,10 +37,10 @@ def register_model_folders() -> None:
             add_search_dir(path)
 
 
-def model_files() -> list[str]:
-    """Checkpoint files in our model folders, for loader combo boxes."""
+def model_files(folders: tuple[str, ...] = MODEL_FOLDERS) -> list[str]:
+    """Checkpoint files in our model folders (or only ``folders``), for loader combo boxes."""
     names: set[str] = set()
-    for name in MODEL_FOLDERS:
+    for name in folders:
         try:
             names.update(folder_paths.get_filename_list(name))
         except Exception as e:  # a broken extra_model_paths entry must not break the node list
@@ -48,18 +48,18 @@ def model_files() -> list[str]:
     return sorted(names)
 
 
-def model_path(filename: str) -> str | None:
+def model_path(filename: str, folders: tuple[str, ...] = MODEL_FOLDERS) -> str | None:
     """Full path of a file listed by :func:`model_files`."""
-    for name in MODEL_FOLDERS:
+    for name in folders:
         path = folder_paths.get_full_path(name, filename)
         if path:
             return path
     return None
 
 
-def download_dir() -> str:
-    """Where nodes put downloaded checkpoints: the first ``models/bfr`` folder."""
-    return folder_paths.get_folder_paths("bfr")[0]
+def download_dir(folder: str = "bfr") -> str:
+    """Where nodes put downloaded checkpoints: the first ``models/bfr`` folder (``facedetection`` for detectors)."""
+    return folder_paths.get_folder_paths(folder)[0]
 
 
 def compute_device() -> torch.device:

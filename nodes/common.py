@@ -21,6 +21,12 @@ VSPBFR = io.Custom("BFR_VSPBFR")
 WPLUS = io.Custom("BFR_WPLUS")
 FEATURE_BANK = io.Custom("BFR_FEATURE_BANK")
 PLTRANS = io.Custom("BFR_PLTRANS")
+FACE_DETECTOR = io.Custom("BFR_FACE_DETECTOR")
+FACES = io.Custom("BFR_FACES")
+FACE_PARSER = io.Custom("BFR_FACE_PARSER")
+
+#: The restorer loaders' outputs (each a bfr_core FaceRestorer); Restore Faces accepts any of them.
+FACE_RESTORERS = [VSPBFR, PLTRANS]
 
 PRECISION_INPUT_TOOLTIP = "auto: bf16 on a CUDA GPU, fp32 on the CPU."
 

@@ -36,6 +36,10 @@ def test_pipeline_is_a_face_restorer(make):
     again = pipe.restore_faces(faces, seed=3, batch_size=2)
     torch.testing.assert_close(again, out)
 
+    empty = pipe.restore_faces(faces[:0], seed=3)
+    assert empty.shape == (0, 3, pipe.size, pipe.size), "a photo without faces is not an error"
+    assert all(isinstance(m, torch.nn.Module) for m in pipe.modules()) and pipe.modules()
+
     def cancel():
         raise KeyboardInterrupt
 

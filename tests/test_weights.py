@@ -307,6 +307,7 @@ def test_resolve_finds_registry_files_in_model_folders(tmp_path, entry_factory, 
     assert path == folder / "tiny.pth" and entry.id == "test-tiny"
     path2, _ = dl.resolve("tiny.pth")
     assert path2 == path
+    assert dl.expected_sha256(registry.KNOWN["test-tiny"]) is None, "a file placed by hand must not be pinned"
     with pytest.raises(WeightsError, match="neither a file nor a known checkpoint id"):
         dl.resolve("no-such-model")
 

@@ -6,9 +6,13 @@ weight choices (``"<id> (auto-download)"``) at the tiny files, for the CI run an
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from bfr_core.weights import save_checkpoint
+
+#: The real YuNet face detector (405 kB, MIT) in ../shared/data, beside the repository (never copied into it).
+DETECTOR_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "weights" / "yunet_final.pth"
 
 
 def write_vspbfr(folder: Path) -> dict[str, str]:
@@ -39,11 +43,26 @@ def write_pltrans(folder: Path) -> dict[str, str]:
     return {"pltrans.safetensors": "tiny_pltrans.safetensors"}
 
 
+def detector_available() -> bool:
+    return DETECTOR_FILE.is_file()
+
+
+def write_faces(folder: Path) -> dict[str, str]:
+    """The real YuNet detector, when ../shared/data has it: CI cannot download detectors, and random detector
+    weights find no faces. Its registry id finds it in any model folder, so the workflows' RetinaFace
+    ResNet-50 choice (which needs a download and facexlib) is pointed at it."""
+    if not detector_available():
+        return {}
+    shutil.copy2(DETECTOR_FILE, folder / DETECTOR_FILE.name)
+    return {"retinaface-resnet50 (auto-download)": "yunet (auto-download)"}
+
+
 def write_all(folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     subs: dict[str, str] = {}
     subs.update(write_vspbfr(folder))
     subs.update(write_pltrans(folder))
+    subs.update(write_faces(folder))
     return subs
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FACE = "bfr_example_face.png"
+PHOTO = "grace_hopper.jpg"  # the public-domain portrait shipped in bfr_core/data
 
 VSPBFR_LOADER = {"id": 2, "type": "BFRVSPBFRLoader", "widgets": {
     "style_encoder": "vspbfr-style-encoder (auto-download)",
@@ -49,6 +50,25 @@ SPECS: dict[str, list[dict]] = {
          "title": "What the feature bank sees"},
         {"id": 8, "type": "SaveImage", "widgets": {"filename_prefix": "vspbfr_stages"}, "links": {"images": (6, 0)}},
         {"id": 9, "type": "PreviewImage", "links": {"images": (7, 0)}},
+    ],
+    "faces_vspbfr": [
+        {"id": 1, "type": "LoadImage", "widgets": {"image": PHOTO}, "title": "Whole photo"},
+        VSPBFR_LOADER,
+        {"id": 3, "type": "BFRFaceDetectorLoader", "widgets": {"detector": "retinaface-resnet50 (auto-download)"}},
+        {"id": 4, "type": "BFRFaceDetectCrop", "links": {"detector": (3, 0), "image": (1, 0)}},
+        {"id": 5, "type": "BFRVSPBFRRestore", "widgets": {"seed": 0}, "links": {"vspbfr": (2, 0), "image": (4, 0)}},
+        {"id": 6, "type": "BFRFacePasteBack", "links": {"image": (1, 0), "restored": (5, 0), "faces": (4, 1)}},
+        {"id": 7, "type": "SaveImage", "widgets": {"filename_prefix": "faces_vspbfr"}, "links": {"images": (6, 0)}},
+        {"id": 8, "type": "PreviewImage", "links": {"images": (5, 0)}, "title": "Restored crops"},
+    ],
+    "faces_restore_one_node": [
+        {"id": 1, "type": "LoadImage", "widgets": {"image": PHOTO}, "title": "Whole photo"},
+        VSPBFR_LOADER,
+        {"id": 3, "type": "BFRFaceDetectorLoader", "widgets": {"detector": "yunet (auto-download)"}},
+        {"id": 4, "type": "BFRRestoreFaces", "widgets": {"seed": 0},
+         "links": {"restorer": (2, 0), "detector": (3, 0), "image": (1, 0)}},
+        {"id": 5, "type": "SaveImage", "widgets": {"filename_prefix": "faces_restored"}, "links": {"images": (4, 0)}},
+        {"id": 6, "type": "PreviewImage", "links": {"images": (4, 2)}, "title": "Restored crops"},
     ],
 }
 

@@ -54,7 +54,7 @@ def object_info_from_nodes(node_classes: dict[str, type]) -> dict[str, dict]:
                     if getattr(inp, k, None) is not None}
             if "force_input" in opts:
                 opts["forceInput"] = opts.pop("force_input")
-            inputs.setdefault("optional" if inp.optional else "required", {})[inp.id] = [inp.Parent.io_type, opts]
+            inputs.setdefault("optional" if inp.optional else "required", {})[inp.id] = [inp.get_io_type(), opts]
         info[node_id] = {
             "input": inputs,
             "input_order": {k: list(v) for k, v in inputs.items()},

@@ -22,7 +22,14 @@ class FaceRestorer(Protocol):
 
     def restore_faces(self, faces: torch.Tensor, seed: int = 0, *, batch_size: int | None = None,
                       on_progress: Callable | None = None, check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
-        """Restore aligned crops (B, 3, size, size) in [-1, 1]; ``on_progress(done, total, preview)``."""
+        """Restore aligned crops (B, 3, size, size) in [-1, 1]; ``on_progress(done, total, preview)``.
+
+        An empty batch (B = 0) returns an empty batch: a photo without faces is not an error here.
+        """
+        ...
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The networks it runs, so a host (ComfyUI's memory manager) can place and offload them."""
         ...
 
 

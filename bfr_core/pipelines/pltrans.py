@@ -94,6 +94,8 @@ class PLTransPipeline:
         """
         faces = self._check_faces(faces)
         total = faces.shape[0]
+        if total == 0:
+            return faces.clone()
         chunk = max(1, int(batch_size or total))
         progress = Progress(self.steps_per_chunk(n, s, steps) * -(-total // chunk), on_progress, check_cancel)
         out = [self.restore(faces[lo:hi], n=n, s=s, steps=steps, seed=seed, first_index=lo, progress=progress)
@@ -106,6 +108,9 @@ class PLTransPipeline:
         """The :class:`~bfr_core.pipelines.base.FaceRestorer` interface, with this pipeline's n, s and steps."""
         return self(faces, n=self.n, s=self.s, steps=self.steps, seed=seed, batch_size=batch_size,
                     on_progress=on_progress, check_cancel=check_cancel)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model]
 
 
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:

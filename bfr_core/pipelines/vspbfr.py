@@ -234,6 +234,9 @@ class VSPBFRPipeline:
         """Restore aligned faces (B, 3, 512, 512) in [-1, 1], ``batch_size`` faces at a time (default: all)."""
         faces = self._check_faces(faces)
         n = faces.shape[0]
+        if n == 0:
+            return VSPBFRResult(faces.clone(), faces.new_zeros(0, self.decoder.n_latent, self.decoder.style_dim),
+                                faces.clone() if preview else None)
         chunk = max(1, int(batch_size or n))
         progress = Progress(self.steps_per_chunk * -(-n // chunk), on_progress, check_cancel)
         restored, codes_out, previews = [], [], []
@@ -255,6 +258,9 @@ class VSPBFRPipeline:
                       on_progress: Callable | None = None, check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
         """The :class:`~bfr_core.pipelines.base.FaceRestorer` interface: restored crops only."""
         return self(faces, seed, batch_size=batch_size, on_progress=on_progress, check_cancel=check_cancel).restored
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.style_encoder, self.code_diffuser, self.decoder, self.restorer]
 
 
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:

@@ -101,8 +101,13 @@ def expected_sha256(entry: KnownCheckpoint) -> str | None:
     return entry.sha256 or _read_lock().get("pins", {}).get(entry.id, {}).get("sha256")
 
 
-def verify(path: Path, entry: KnownCheckpoint | None, *, remove_bad: bool = False) -> str:
-    """Check ``path`` against the expected sha256 (computed once per file version, then remembered)."""
+def verify(path: Path, entry: KnownCheckpoint | None, *, remove_bad: bool = False, pin: bool = False) -> str:
+    """Check ``path`` against the expected sha256 (computed once per file version, then remembered).
+
+    ``pin`` records the hash of a file just downloaded from the entry's source when the registry has none
+    (trust on first download). A file a user placed by hand is checked against a known hash but never pinned:
+    it may be another release of the same network, and must not make the official file fail later.
+    """
     st = path.stat()
     stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     with _lock:
@@ -124,7 +129,7 @@ def verify(path: Path, entry: KnownCheckpoint | None, *, remove_bad: bool = Fals
     with _lock:
         lock = _read_lock()
         lock.setdefault("hashes", {})[stamp] = digest
-        if entry and not want:
+        if entry and not want and pin:
             lock.setdefault("pins", {})[entry.id] = {"sha256": digest, "size": st.st_size}
             log.info("pinned %s at sha256 %s (first use)", entry.id, digest)
         _write_lock(lock)
@@ -259,7 +264,7 @@ def download(entry: KnownCheckpoint | str, *, dest_dir: str | os.PathLike | None
             errors.append(str(e))
             log.info("source %s failed: %s", src.describe(), e)
             continue
-        verify(path, entry, remove_bad=True)
+        verify(path, entry, remove_bad=True, pin=True)
         return path
     raise DownloadError("\n".join(errors) if len(errors) == 1 else
                         f"{entry.id}: every source failed:\n- " + "\n- ".join(errors))

@@ -28,6 +28,10 @@ class Input:
     def io_type(self):
         return self.Parent.io_type
 
+    def get_io_type(self):
+        """The type string /object_info shows for this input (a union ``"A,B"`` for MultiType)."""
+        return self.io_type
+
 
 class WidgetInput(Input):
     def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None,
@@ -126,6 +130,31 @@ class Latent(ComfyTypeIO):
 @comfytype("*")
 class AnyType(ComfyTypeIO):
     Type = Any
+
+
+@comfytype("COMFY_MULTITYPED_V3")
+class MultiType:
+    Type = Any
+
+    class Input(Input):
+        """An input that accepts several types; ComfyUI validates links against the comma-joined union."""
+
+        def __init__(self, id, types, display_name=None, optional=False, tooltip=None, lazy=None, extra_dict=None):
+            self.input_override = None
+            if isinstance(id, Input):
+                self.input_override = id
+                optional = id.optional if id.optional is True else optional
+                tooltip = id.tooltip if id.tooltip is not None else tooltip
+                display_name = id.display_name if id.display_name is not None else display_name
+                id = id.id
+            super().__init__(id, display_name, optional, tooltip, lazy, extra_dict)
+            self._io_types = types
+
+        def get_io_type(self):
+            types = [t.io_type for t in self._io_types]
+            if self.input_override is not None:
+                types.insert(0, self.input_override.get_io_type())
+            return ",".join(dict.fromkeys(types))
 
 
 def Custom(io_type: str):

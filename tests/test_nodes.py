@@ -216,3 +216,32 @@ def test_in_real_comfyui(tmp_path):
             workflows += [] if _needs_detector(wf) else ["--workflow", str(wf)]
     assert comfyui_e2e.main(["--inputs-from", str(inputs), "--models-from", str(tmp_path / "models"),
                              "--substitute", str(tmp_path / "subs.json"), *workflows]) == 0
+
+
+def test_a_missing_optional_package_disables_only_its_family(tmp_path, monkeypatch, caplog):
+    import importlib
+
+    harness.load_pack(tmp_path)  # the pack is imported once; its node list is rebuilt below
+    nodes_pkg = importlib.import_module(f"{harness.PACK_NAME}.nodes")
+    real_import = importlib.import_module
+
+    def fake_import(name, package=None):
+        if name.endswith(".faces"):
+            raise ModuleNotFoundError("No module named 'facexlib'", name="facexlib")
+        return real_import(name, package)
+
+    monkeypatch.setattr(nodes_pkg.importlib, "import_module", fake_import)
+    with caplog.at_level("WARNING", logger="bfr"):
+        listed = {cls.define_schema().node_id for cls in nodes_pkg.node_list()}
+    assert "BFRDegrade" in listed and "BFRVSPBFRRestore" in listed
+    assert not any(n.startswith("BFRFace") for n in listed)
+    assert "faces nodes disabled" in caplog.text and "facexlib" in caplog.text
+
+    def broken(name, package=None):
+        if name.endswith(".degrade"):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return real_import(name, package)
+
+    monkeypatch.setattr(nodes_pkg.importlib, "import_module", broken)
+    with pytest.raises(ModuleNotFoundError):  # our own module missing is a bug, never silently skipped
+        nodes_pkg.node_list()

@@ -12,7 +12,7 @@ import logging
 log = logging.getLogger("bfr")
 
 #: Node families, in menu order.
-FAMILIES = ("vspbfr", "pltrans", "faces", "degrade")
+FAMILIES = ("vspbfr", "pgdiff", "pltrans", "compact", "faces", "degrade")
 
 
 def node_list() -> list[type]:

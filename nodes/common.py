@@ -24,9 +24,15 @@ PLTRANS = io.Custom("BFR_PLTRANS")
 FACE_DETECTOR = io.Custom("BFR_FACE_DETECTOR")
 FACES = io.Custom("BFR_FACES")
 FACE_PARSER = io.Custom("BFR_FACE_PARSER")
+PGDIFF_PRIOR = io.Custom("BFR_PGDIFF_PRIOR")  # DifFace's DDPM (a prior-only PGDiffPipeline)
+PGDIFF_RESTORER = io.Custom("BFR_PGDIFF_RESTORER")  # PGDiff's RRDB restorer module
+ARCFACE = io.Custom("BFR_ARCFACE")  # insightface ArcFace module
+GUIDANCE = io.Custom("BFR_PGDIFF_GUIDANCE")  # a bfr_core CompositeGuidance (terms + update rule)
+PGDIFF = io.Custom("BFR_PGDIFF")  # a configured PGDiffPipeline, for Restore Faces
+COMPACT = io.Custom("BFR_COMPACT")  # the built-in compact restorer (a CompactPipeline)
 
 #: The restorer loaders' outputs (each a bfr_core FaceRestorer); Restore Faces accepts any of them.
-FACE_RESTORERS = [VSPBFR, PLTRANS]
+FACE_RESTORERS = [VSPBFR, PLTRANS, PGDIFF, COMPACT]
 
 PRECISION_INPUT_TOOLTIP = "auto: bf16 on a CUDA GPU, fp32 on the CPU."
 

@@ -3,7 +3,8 @@ paste restored crops back, and a one-node Restore Faces that runs any of the pac
 
 Detector and parser weights live in ComfyUI's ``models/facedetection`` (the folder other face packs use);
 a choice ending in *(auto-download)* is found in any of our model folders or downloaded into
-``models/facedetection`` on first use through the core's weights path (verified, never into site-packages).
+``models/facedetection`` on first use through the core's weights path (verified, never into site-packages);
+one ending in *(built-in)* is shipped with the pack (MTCNN) and works offline.
 
 Restore Faces takes the restorer through one ``io.MultiType`` input, whose type is the comma-joined union
 ``BFR_VSPBFR,BFR_PLTRANS,…``: ComfyUI 0.3.64 validates a link against such a union (any member type
@@ -19,18 +20,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
-import torch.nn.functional as F
 
 from bfr_core import images
 from bfr_core.errors import InputError
-from bfr_core.faces.chunks import is_oom
 from bfr_core.faces.container import Faces
 from bfr_core.faces.detect import DETECTOR_KINDS
 from bfr_core.faces.paste import COLOR_MATCH_MODES
 from bfr_core.faces.select import SELECT_MODES, SORT_KEYS
 from bfr_core.progress import Progress
 from bfr_core.seeding import MAX_SEED
-from bfr_core.weights import KNOWN
+from bfr_core.weights import KNOWN, PackagedSource
 
 from . import _comfy
 from ._comfy import io
@@ -44,7 +43,8 @@ log = logging.getLogger("bfr")
 CATEGORY = "BFR/Faces"
 FOLDER = "facedetection"
 AUTO = " (auto-download)"
-DETECTOR_IDS = ("retinaface-resnet50", "retinaface-mobilenet0.25", "yunet")
+BUILTIN = " (built-in)"
+DETECTOR_IDS = ("retinaface-resnet50", "retinaface-mobilenet0.25", "yunet", "mtcnn")
 PARSER_IDS = ("parsing-parsenet", "parsing-bisenet")
 NO_FACE = ("pass through (warn)", "error")
 
@@ -55,20 +55,20 @@ _lock = threading.Lock()
 # ------------------------------------------------------------------------------------------------ weights
 
 def _choices(ids: tuple[str, ...], other_ids: tuple[str, ...]) -> list[str]:
-    """Known files (downloaded on first use), then other files in models/facedetection.
+    """Known files (shipped with the pack, or downloaded on first use), then other files in models/facedetection.
 
     Files named like a known checkpoint are covered by its auto-download entry (it finds them first);
     files of the other family (parsers in the detector list and vice versa) are left out.
     """
     skip = {KNOWN[i].filename for i in ids + other_ids}
-    return [i + AUTO for i in ids] + [f for f in _comfy.model_files((FOLDER,)) if f.rsplit("/", 1)[-1] not in skip]
+    return [i + (BUILTIN if isinstance(KNOWN[i].sources[0], PackagedSource) else AUTO) for i in ids] + [f for f in _comfy.model_files((FOLDER,)) if f.rsplit("/", 1)[-1] not in skip]
 
 
 def _resolve(choice: str):
     """A local file for a combo choice: a registry id (found in a model folder or downloaded) or a file name."""
     from bfr_core.weights import resolve
 
-    spec = choice.removesuffix(AUTO)
+    spec = choice.removesuffix(AUTO).removesuffix(BUILTIN)
     if spec not in KNOWN:
         spec = _comfy.model_path(spec, (FOLDER,)) or spec
     path, entry = resolve(spec, dest_dir=_comfy.download_dir(FOLDER))
@@ -123,8 +123,8 @@ class FaceDetectorLoader(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Loads a five-landmark face detector: RetinaFace ResNet-50 (most accurate; needs the facexlib package), "
-                "RetinaFace MobileNet-0.25 (fast; facexlib) or YuNet (tiny, pure PyTorch). Weights come from "
-                "models/facedetection or download there on first use (MIT licence)."
+                "RetinaFace MobileNet-0.25 (fast; facexlib), YuNet (tiny, pure PyTorch) or MTCNN (built in: works offline). "
+                "Weights come from models/facedetection or download there on first use (MIT licence)."
             ),
             inputs=[
                 io.Combo.Input("detector", options=_choices(DETECTOR_IDS, PARSER_IDS),
@@ -301,30 +301,26 @@ def crop_space_masks(faces: Faces, size: int, feather: float = 0.1, chunk: int =
 
 def _paste(image: torch.Tensor, restored: torch.Tensor, faces: Faces, *, feather: float, color_match: str, visibility: float,
            upscale: float, parser: PlacedNet | None, masks: torch.Tensor | None, background: torch.Tensor | None,
-           stages: _Stages, parse_stage: str, paste_stage: str):
-    from bfr_core.faces import paste_faces
+           stages: _Stages):
+    from bfr_core.faces import paste_restored
 
     if not isinstance(faces, Faces):
         raise InputError("the faces input must come from Face Detect & Crop (BFR).")
-    if masks is not None:
-        masks = images.check_mask(masks, len(faces), masks.shape[-2], masks.shape[-1], "crop masks") if len(faces) else None
-    if parser is not None and len(faces):
-        from bfr_core.faces.parsing import parse_masks
-
-        rgb, _ = images.split_alpha(restored)
-        parsed = parse_masks(rgb, parser.net, device=parser.ready())
-        stages.stage(parse_stage, 1).step()
-        if masks is not None:
-            masks = parsed * F.interpolate(masks[:, None], size=parsed.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        else:
-            masks = parsed
     if background is not None:
         background = images.check_image(background, "background")
         upscale = background.shape[2] / max(1, faces.width)
-    device = _comfy.compute_device()
-    return paste_faces(image, restored, faces, upscale=upscale, background=background, feather=feather, crop_masks=masks,
-                       color_match=color_match, visibility=visibility, device=device, output_device=_comfy.output_device(),
-                       progress=stages.stage(paste_stage, image.shape[0]))
+    return paste_restored(image, restored, faces, parser=_parser_net(parser, len(faces)), crop_masks=masks,
+                          background=background, feather=feather, color_match=color_match, visibility=visibility,
+                          upscale=upscale, device=_comfy.compute_device(), output_device=_comfy.output_device(),
+                          stage=stages.stage)
+
+
+def _parser_net(parser: PlacedNet | None, faces: int) -> torch.nn.Module | None:
+    """The parser network on its device (only placed when there are faces to parse)."""
+    if parser is None or faces == 0:
+        return None
+    parser.ready()
+    return parser.net
 
 
 # ------------------------------------------------------------------------------------------------ nodes
@@ -405,8 +401,7 @@ class FacePasteBack(io.ComfyNode):
                 background: torch.Tensor | None = None) -> io.NodeOutput:
         stages = _Stages({"parse": 1 if parser is not None else 0, "paste": 1})
         result = _paste(image, restored, faces, feather=feather, color_match=color_match, visibility=visibility,
-                        upscale=upscale, parser=parser, masks=crop_masks, background=background, stages=stages,
-                        parse_stage="parse", paste_stage="paste")
+                        upscale=upscale, parser=parser, masks=crop_masks, background=background, stages=stages)
         return io.NodeOutput(result.image, result.mask)
 
 
@@ -415,22 +410,6 @@ def _place_restorer(restorer: "FaceRestorer") -> None:
     modules = restorer.modules()
     if modules:
         restorer.device = _comfy.load_on_device(*modules)
-
-
-def restore_with_backoff(restorer: "FaceRestorer", faces: torch.Tensor, seed: int, batch_size: int,
-                         on_progress: Callable | None, check_cancel: Callable[[], None] | None) -> torch.Tensor:
-    """``restorer.restore_faces`` halving ``batch_size`` on out-of-memory (restorers give the same result at any batch size)."""
-    while True:
-        try:
-            return restorer.restore_faces(faces, seed, batch_size=batch_size, on_progress=on_progress, check_cancel=check_cancel)
-        except Exception as err:  # noqa: BLE001 - only out-of-memory is retried
-            if not is_oom(err) or batch_size <= 1:
-                raise
-            batch_size //= 2
-            del err
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            log.warning("BFR: out of memory while restoring faces; retrying %d at a time", batch_size)
 
 
 class RestoreFaces(io.ComfyNode):
@@ -470,7 +449,7 @@ class RestoreFaces(io.ComfyNode):
     def execute(cls, restorer: "FaceRestorer", detector: PlacedNet, image: torch.Tensor, seed: int, batch_size: int,
                 feather: float, color_match: str, visibility: float, upscale: float, parser: PlacedNet | None = None,
                 **selection) -> io.NodeOutput:
-        from bfr_core.faces import crop_faces
+        from bfr_core.faces import restore_detected
         from bfr_core.pipelines.base import FaceRestorer
 
         if not isinstance(restorer, FaceRestorer):
@@ -480,17 +459,12 @@ class RestoreFaces(io.ComfyNode):
         stages = _Stages({"detect": 1, "crop": 0.5, "restore": 8, "parse": 0.5 if parser is not None else 0, "paste": 0.5},
                          preview=True)
         faces = _detect(detector, image, size, _selection(selection), stages.stage("detect", b))
-        crops = crop_faces(image, faces, crop_size=size, device=_comfy.compute_device(), output_device="cpu",
-                           progress=stages.stage("crop", b))
         if len(faces):
             _place_restorer(restorer)
-            out = restore_with_backoff(restorer, images.to_model(crops), seed, batch_size, stages.callback("restore"),
-                                       stages.bar.check_cancel)
-            restored = images.from_model(out, _comfy.output_device())
-        else:
-            restored = torch.zeros(0, size, size, 3, device=_comfy.output_device())
-        result = _paste(image, restored, faces, feather=feather, color_match=color_match, visibility=visibility, upscale=upscale,
-                        parser=parser, masks=None, background=None, stages=stages, parse_stage="parse", paste_stage="paste")
+        result, restored = restore_detected(image, faces, restorer, seed=seed, batch_size=batch_size,
+                                            parser=_parser_net(parser, len(faces)), feather=feather, color_match=color_match,
+                                            visibility=visibility, upscale=upscale, device=_comfy.compute_device(),
+                                            output_device=_comfy.output_device(), stage=stages.stage)
         return io.NodeOutput(result.image, result.mask, restored)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.workflow_tools import ui_to_api  # noqa: E402
+from tests.workflow_tools import substitute, ui_to_api  # noqa: E402
 
 PACK_DIRNAME = "ComfyUI-BFR"
 
@@ -114,10 +114,7 @@ def run_workflows(python: str, comfy: Path, base: Path, workflows: list[Path], t
             prompt = json.loads(wf.read_text())
             if "nodes" in prompt and "links" in prompt:
                 prompt = ui_to_api(prompt, info)
-            for node in prompt.values():
-                for k, v in node["inputs"].items():
-                    if isinstance(v, str) and v in (substitutions or {}):
-                        node["inputs"][k] = substitutions[v]
+            substitute(prompt, substitutions or {})
             client_id = str(uuid.uuid4())
             status, reply = _http(f"{url}/prompt", {"prompt": prompt, "client_id": client_id})
             if status != 200 or reply.get("node_errors"):
@@ -162,7 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--workflow", action="append", type=Path, help="API-format workflow JSON (default: tests/workflows_api/*.json)")
     p.add_argument("--models-from", type=Path, help="folder whose files are copied to models/bfr")
     p.add_argument("--inputs-from", type=Path, help="folder whose files are copied to input/")
-    p.add_argument("--substitute", type=Path, help="JSON {widget value: replacement}, e.g. official weight choices -> test files")
+    p.add_argument("--substitute", type=Path, help="JSON {widget value: replacement} (official weight choices -> test files; "
+                                                "'node:<class>.<input>' keys set a widget, see workflow_tools.substitute)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per workflow")
     p.add_argument("--keep", action="store_true", help="keep the temporary base directory")
     args = p.parse_args(argv)

@@ -155,6 +155,7 @@ def test_every_registered_model_type_builds_its_config():
         stage = STAGES.get(name)
         stage.options()  # defaults are valid
         assert stage.export in stage.models and set(stage.trainable) <= set(stage.models)
+        assert set(stage.export_with) <= set(stage.models) - {stage.export}
     assert {"mse", "l1", "lpips", "identity"} <= set(LOSSES.names())
     assert {"none", "simple", "realesrgan", "gfpgan", "gpen"} <= set(DEGRADATIONS.names())
 

@@ -26,12 +26,15 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def export_model(model: nn.Module, architecture: str, out_dir: Path, *, cfg: TrainConfig, stage, step: int,
-                 metrics: dict[str, float], data_info: dict[str, Any], losses: list[str]) -> Path:
+                 metrics: dict[str, float], data_info: dict[str, Any], losses: list[str],
+                 bundle: dict[str, tuple[nn.Module, str]] | None = None) -> Path:
     """Write ``model.safetensors`` (+ ``config.json``, ``README.md``, ``training_config.yaml``,
     ``metrics.json``) to ``out_dir``; returns the weights file.
 
     The weights go through :func:`bfr_core.weights.save_model`, so ``load_model(path)`` rebuilds the
-    model from the stored architecture and config without guessing.
+    model from the stored architecture and config without guessing. ``bundle`` (slot → (model,
+    architecture)) adds the stage's ``export_with`` models: then every model is stored under its slot name
+    as key prefix, with all configs in the metadata (``load_model(path, architecture)`` picks one).
     """
     from bfr_core.weights import save_model
     from bfr_core.weights.architectures import config_to_dict
@@ -49,17 +52,41 @@ def export_model(model: nn.Module, architecture: str, out_dir: Path, *, cfg: Tra
         "metrics": metrics,
         "trainer": "ComfyUI-BFR trainer",
     }
-    weights = save_model(exported, out_dir / WEIGHTS_FILE, architecture, meta)
+    if bundle:
+        weights = _save_bundle({stage.export: (exported, architecture), **bundle}, out_dir / WEIGHTS_FILE,
+                               architecture, meta, dtype)
+    else:
+        weights = save_model(exported, out_dir / WEIGHTS_FILE, architecture, meta)
     usual_mode(weights)
     n_params = sum(p.numel() for p in exported.parameters())
     config = {"architecture": architecture, "config": config_to_dict(exported.config), "dtype": cfg.export.dtype,
               "parameters": n_params, "weights": WEIGHTS_FILE}
+    if bundle:
+        config["key_prefix"] = f"{stage.export}."
+        config["bundled"] = {slot: {"architecture": arch, "config": config_to_dict(m.config), "key_prefix": f"{slot}."}
+                             for slot, (m, arch) in bundle.items()}
     _write(out_dir / "config.json", json.dumps(config, indent=2, default=list) + "\n")
     _write(out_dir / "metrics.json", json.dumps({"step": step, **metrics}, indent=2) + "\n")
     _write(out_dir / "training_config.yaml", dump(cfg))
-    _write(out_dir / "README.md", model_card(cfg, stage, architecture, exported, n_params, step, metrics, data_info, losses))
+    _write(out_dir / "README.md", model_card(cfg, stage, architecture, exported, n_params, step, metrics, data_info, losses,
+                                             {slot: arch for slot, (_, arch) in (bundle or {}).items()}))
     log.info("exported %s (%s, %d parameters, step %d) to %s", name, architecture, n_params, step, out_dir)
     return weights
+
+
+def _save_bundle(models: dict[str, tuple[nn.Module, str]], path: Path, architecture: str, meta: dict[str, Any],
+                 dtype: torch.dtype) -> Path:
+    """Several models in one safetensors file, each under ``<slot>.``; ``bfr_configs`` holds every config."""
+    from bfr_core.weights.architectures import config_to_dict
+    from bfr_core.weights.files import save_checkpoint
+
+    tensors, configs = {}, {}
+    for slot, (module, arch) in models.items():
+        tensors.update({f"{slot}.{k}": v.to(dtype) if v.is_floating_point() else v
+                        for k, v in module.state_dict().items()})
+        configs[arch] = config_to_dict(module.config)
+    full = dict(meta, bfr_arch=architecture, bfr_config=configs[architecture], bfr_configs=configs)
+    return save_checkpoint(tensors, path, full)
 
 
 def _write(path: Path, text: str) -> None:
@@ -69,14 +96,19 @@ def _write(path: Path, text: str) -> None:
 
 
 def model_card(cfg: TrainConfig, stage, architecture: str, model: nn.Module, n_params: int, step: int,
-               metrics: dict[str, float], data_info: dict[str, Any], losses: list[str]) -> str:
-    """A Hugging Face model card: what was trained, on what, how long, how well, under which terms."""
+               metrics: dict[str, float], data_info: dict[str, Any], losses: list[str],
+               bundled: dict[str, str] | None = None) -> str:
+    """A Hugging Face model card: what was trained, on what, how long, how well, under which terms.
+
+    ``bundled``: slot → architecture of the frozen models stored beside the trained one.
+    """
     from .config import to_dict
 
     name = cfg.export.name or stage.name
     cls = f"{type(model).__module__}.{type(model).__name__}"
     model_cfg = ", ".join(f"{k}={v}" for k, v in to_dict(model.config).items())
     global_batch = cfg.batch_size * cfg.grad_accum * int(data_info.get("processes", 1))
+    pick = f", \"{architecture}\"" if bundled else ""
     lines = [
         "---",
         f"license: {cfg.export.licence}",
@@ -93,7 +125,10 @@ def model_card(cfg: TrainConfig, stage, architecture: str, model: nn.Module, n_p
         "",
         f"- architecture: `{architecture}` (`{cls}`), {n_params:,} parameters, weights `{WEIGHTS_FILE}` ({cfg.export.dtype})",
         f"- config: {model_cfg}",
-        "- load: `from bfr_core.weights import load_model; model = load_model(\"model.safetensors\").model`",
+        f"- load: `from bfr_core.weights import load_model; model = load_model(\"model.safetensors\"{pick}).model`",
+        *(["- also in the file (frozen, as trained with): "
+           + ", ".join(f"`{slot}.*` = `{arch}`" for slot, arch in bundled.items())
+           + f"; the trained model is `{stage.export}.*`"] if bundled else []),
         "",
         "## Training",
         "",

@@ -4,7 +4,7 @@ Reproducibility contract: with the same config, seed and process count, a run th
 SIGKILL) and resumed from its latest state produces the same weights as one that never stopped. This
 holds because nothing random depends on history that is not saved: the data order and every image's
 augmentation are functions of (seed, micro-batch, index) (:mod:`trainer.data`), every step draws from a
-generator seeded by (seed, process, micro-batch), and model, optimiser, scheduler, EMA and global RNG
+generator seeded by (seed, process, micro-batch) and reseeds the global RNG (dropout) the same way, and model, optimiser, scheduler, EMA and global RNG
 states are restored exactly (:mod:`trainer.checkpoint`).
 """
 
@@ -325,6 +325,8 @@ class Trainer:
             batch = self._batch_to_device(next(batches), f"degrade/{self.rank}/{micro}")
             ctx.micro = micro
             ctx.generator = make_generator(self.cfg.seed, self.device, stream=f"step/{self.rank}/{micro}")
+            # Layers that draw from the global RNG (dropout) get a stream of their own per micro-batch too.
+            torch.manual_seed(derive_seed(self.cfg.seed, f"global/{self.rank}/{micro}"))
             with contextlib.ExitStack() as stack:
                 if k < accum - 1:
                     for name in self.stage.trainable:
@@ -547,11 +549,13 @@ class Trainer:
 
         out_dir = self.out / "export"
         if self.accelerator.is_main_process:
-            model = self._eval_models()[self.stage.export]
             info = {"train_images": len(self.train_set), "val_images": len(self.val_set), "processes": self.world,
                     "mixed_precision": self.accelerator.mixed_precision}
-            export_model(model, architecture_of(self.cfg.models[self.stage.export]), out_dir, cfg=self.cfg,
-                         stage=self.stage, step=self.step, metrics=self.metrics, data_info=info, losses=self.loss_labels)
+            models = self._eval_models()
+            bundle = {slot: (models[slot], architecture_of(self.cfg.models[slot])) for slot in self.stage.export_with}
+            export_model(models[self.stage.export], architecture_of(self.cfg.models[self.stage.export]), out_dir,
+                         cfg=self.cfg, stage=self.stage, step=self.step, metrics=self.metrics, data_info=info,
+                         losses=self.loss_labels, bundle=bundle)
         self.accelerator.wait_for_everyone()
         return out_dir
 

@@ -2,7 +2,8 @@
 
 Every term compares two (B, 3, H, W) images in [-1, 1] and returns a scalar. LPIPS and identity use
 real networks: LPIPS through the ``lpips`` package with weights found offline by
-:func:`bfr_core.metrics.load_lpips`, identity through insightface's ArcFace loaded by
+:func:`bfr_core.metrics.load_lpips`, identity through insightface's ArcFace (or FaceShifter's ResNet-101,
+the network VSPBFR's release uses) loaded by
 :func:`bfr_core.weights.load_model`. Either can be built with random weights for tests only
 (``random_init: true``); that is logged loudly and written into the model card.
 """
@@ -109,15 +110,62 @@ def _lpips(options: LPIPSOptions, device: torch.device) -> nn.Module:
     return LPIPSLoss(net, f"LPIPS-{options.net} v0.1")
 
 
+#: Identity networks the loss can use: bfr_core architecture → (model module, class, config class).
+IDENTITY_ARCHITECTURES = {
+    "arcface_iresnet": ("bfr_core.models.arcface", "IResNet", "IResNetConfig"),
+    "faceshifter_arcface_r101": ("bfr_core.models.faceshifter_arcface", "FaceShifterArcFace", "FaceShifterArcFaceConfig"),
+}
+
+
+@dataclass
+class VGGFeatureOptions:
+    weights: str | None = None  # an lpips_vgg.safetensors file (its VGG16 trunk is used); default: bfr_core.metrics' search
+    random_init: bool = False  # tests only: a random VGG16, not a perceptual loss
+
+
+class VGGFeatureLoss(nn.Module):
+    """Σ over VGG16's relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 of the mean squared feature difference.
+
+    The plain perceptual term ‖φ(ŷ) − φ(y)‖² (PLTrans Eq. 10), without LPIPS's channel normalisation and learned
+    heads. The ImageNet VGG16 trunk and its input scaling are taken from the LPIPS-VGG network, whose weights are
+    found offline (torchvision would download them); the target's features are computed without gradient.
+    """
+
+    def __init__(self, lpips_net: nn.Module, label: str):
+        super().__init__()
+        self.scaling = lpips_net.scaling_layer.eval()
+        self.vgg = lpips_net.net.eval().requires_grad_(False)
+        self.label = label
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            want = self.vgg(self.scaling(target.float()))
+        got = self.vgg(self.scaling(pred.float()))
+        return sum(F.mse_loss(a, b) for a, b in zip(got, want))
+
+    def train(self, mode: bool = True) -> "VGGFeatureLoss":
+        return self
+
+
+@register_loss("vgg_feature", VGGFeatureOptions, "VGG16 feature MSE (sum over five layers)")
+def _vgg_feature(options: VGGFeatureOptions, device: torch.device) -> nn.Module:
+    net = _lpips(LPIPSOptions(net="vgg", weights=options.weights, random_init=options.random_init), device).net
+    label = "VGG16 features (RANDOM INIT, test only)" if options.random_init else "VGG16 features (ImageNet)"
+    return VGGFeatureLoss(net, label).to(device)
+
+
 @dataclass
 class IdentityOptions:
-    weights: str = "arcface-ms1mv3-r50"  # registry id or file of an insightface ArcFace (iresnet)
+    # registry id or file: insightface's ArcFace iresnet (arcface-ms1mv3-r50) or FaceShifter's ResNet-101/256
+    # (vspbfr-arcface, the network VSPBFR's release trains with)
+    weights: str = "arcface-ms1mv3-r50"
     random_init: bool = False  # tests only
-    random_config: dict[str, Any] = field(default_factory=dict)  # IResNetConfig fields for random_init
+    random_arch: Literal["arcface_iresnet", "faceshifter_arcface_r101"] = "arcface_iresnet"  # for random_init
+    random_config: dict[str, Any] = field(default_factory=dict)  # that architecture's config fields, for random_init
 
 
 class IdentityLoss(nn.Module):
-    """1 − cosine similarity of ArcFace embeddings (whole crop resized to 112 px, as PGDiff feeds it)."""
+    """1 − cosine similarity of identity embeddings (whole crop resized to 112 px by the network's ``embed``)."""
 
     def __init__(self, net: nn.Module, label: str):
         super().__init__()
@@ -139,25 +187,38 @@ IDENTITY_HELP = (
     "arcface-ms1mv3-r50; non-commercial licence): download it from the insightface model zoo / PGDiff README "
     "and put it in ComfyUI/models/bfr/ (or $BFR_MODELS_DIR), or set the loss option weights: PATH."
 )
+IDENTITY_HELP_VSPBFR = (
+    "The identity loss with weights: vspbfr-arcface needs FaceShifter's identity network `Arcface.pth` "
+    "(torchvision ResNet-101/256, from the Hugging Face repo Wanglong2/VSPBFR; non-commercial): download it and put "
+    "it in ComfyUI/models/bfr/ (or $BFR_MODELS_DIR), or set the loss option weights: PATH."
+)
 
 
-@register_loss("identity", IdentityOptions, "ArcFace identity (1 - cosine)")
+@register_loss("identity", IdentityOptions, "identity (1 - cosine of ArcFace or FaceShifter embeddings)")
 def _identity(options: IdentityOptions, device: torch.device) -> nn.Module:
-    from bfr_core.models.arcface import IResNet, IResNetConfig
+    import importlib
 
     if options.random_init:
+        module, cls_name, config_name = IDENTITY_ARCHITECTURES[options.random_arch]
+        mod = importlib.import_module(module)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            net = IResNet(IResNetConfig(**options.random_config))
-        log.warning("identity loss uses a RANDOM ArcFace (random_init: true): for tests only")
-        return IdentityLoss(net, "ArcFace (RANDOM INIT, test only)").to(device)
+            net = getattr(mod, cls_name)(getattr(mod, config_name)(**options.random_config))
+        log.warning("identity loss uses a RANDOM %s (random_init: true): for tests only", options.random_arch)
+        return IdentityLoss(net, f"{options.random_arch} (RANDOM INIT, test only)").to(device)
     from bfr_core.weights import load_model
 
+    help_text = IDENTITY_HELP_VSPBFR if "vspbfr" in options.weights.lower() or "arcface.pth" in options.weights.lower() \
+        else IDENTITY_HELP
     try:
-        loaded = load_model(options.weights, "arcface_iresnet", device=device, allow_download=False, cache=False)
+        loaded = load_model(options.weights, device=device, allow_download=False, cache=False)
     except WeightsError as e:
-        raise WeightsError(f"{IDENTITY_HELP}\n({e})") from e
-    return IdentityLoss(loaded.model, f"ArcFace ({loaded.path.name})")
+        raise WeightsError(f"{help_text}\n({e})") from e
+    if loaded.architecture not in IDENTITY_ARCHITECTURES:
+        raise WeightsError(f"{options.weights} holds a {loaded.architecture} model, not an identity network "
+                           f"({', '.join(IDENTITY_ARCHITECTURES)}).\n{help_text}")
+    name = "ArcFace" if loaded.architecture == "arcface_iresnet" else "FaceShifter ResNet-101"
+    return IdentityLoss(loaded.model, f"{name} ({loaded.path.name})")
 
 
 class WeightedLoss(nn.Module):

@@ -54,6 +54,12 @@ _register("vspbfr_e4e_encoder", "e4e", "Encoder4Editing", "E4EConfig", "vspbfr_e
 _register("vspbfr_code_diffuser", "code_diffuser", "CodeDiffuser", "CodeDiffuserConfig", "vspbfr_code_diffuser")
 _register("vspbfr_restoration_net", "smart", "RestorationNet", "RestorationNetConfig", "vspbfr_restoration_net")
 _register("vspbfr_discriminator", "vspbfr_discriminator", "Discriminator", "DiscriminatorConfig", "vspbfr_discriminator")
+_register("e4e_latent_discriminator", "latent_discriminator", "LatentCodesDiscriminator", "LatentDiscriminatorConfig",
+          "e4e_latent_discriminator")
+_register("vqgan_dictionary", "vq", "VQGAN", "VQGANConfig", "vqgan_dictionary")
+_register("patch_discriminator", "discriminators", "PatchDiscriminator", "PatchDiscriminatorConfig",
+          "patch_discriminator")
+_register("compact_restorer", "compact", "CompactRestorer", "CompactRestorerConfig", "compact_restorer")
 
 
 def build_model(spec: ModelSpec, name: str) -> nn.Module:

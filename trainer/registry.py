@@ -22,6 +22,8 @@ BUILTIN_MODULES = (
     "trainer.data",
     "trainer.stages.pgdiff",
     "trainer.stages.vspbfr",
+    "trainer.stages.pltrans",
+    "trainer.stages.compact",
 )
 
 

@@ -1,4 +1,4 @@
-"""Face detection backends (RetinaFace from facexlib, YuNet from kornia) batched over frames.
+"""Face detection backends (RetinaFace from facexlib, YuNet from kornia, our MTCNN) batched over frames.
 
 Both networks are built from their libraries' module classes, but never through the libraries' loading
 helpers: those download into site-packages (facexlib) or the torch hub cache (kornia). Weights come from an
@@ -7,7 +7,8 @@ explicit file path given by the caller and are read with our safe loader (safete
 
 Anchors and box decoding are written here, vectorised over the batch, because facexlib decodes one image
 at a time with NumPy NMS and kornia builds its anchors in a Python loop per call; NMS is torchvision's
-``batched_nms`` over all frames of a chunk at once.
+``batched_nms`` over all frames of a chunk at once. MTCNN (:mod:`.mtcnn`) ships with the package
+(``bfr_core/data/mtcnn_facenet_pytorch.safetensors``), so whole photos work offline.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from .container import Faces
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DETECTOR_KINDS", "FaceDetector", "detector_kind_from_state_dict", "build_detector", "load_detector", "detect_faces"]
+__all__ = ["DETECTOR_KINDS", "FaceDetector", "detector_kind_from_state_dict", "build_detector", "load_detector",
+           "load_builtin_detector", "detect_faces"]
 
-DETECTOR_KINDS = ("retinaface_resnet50", "retinaface_mobile0.25", "retinaface_mobile0.25_1mb", "yunet")
+DETECTOR_KINDS = ("retinaface_resnet50", "retinaface_mobile0.25", "retinaface_mobile0.25_1mb", "yunet", "mtcnn")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ _ANCHORS = {"retinaface_resnet50": _RETINA, "retinaface_mobile0.25": _RETINA, "r
 
 # Default confidence thresholds per backend (their scores are calibrated differently), chosen so that
 # the shared test photos give no false positives at a 640-pixel working size.
-_DEFAULT_THRESHOLD = {"retinaface_resnet50": 0.9, "retinaface_mobile0.25": 0.9, "retinaface_mobile0.25_1mb": 0.9, "yunet": 0.6}
+_DEFAULT_THRESHOLD = {"retinaface_resnet50": 0.9, "retinaface_mobile0.25": 0.9, "retinaface_mobile0.25_1mb": 0.9, "yunet": 0.6,
+                      "mtcnn": 0.9}
 
 # Files whose parameter names cannot tell their anchor layout apart, recognised by content (sha256).
 _KNOWN_FILES = {
@@ -105,9 +108,9 @@ class FaceDetector(nn.Module):
             raise InputError(f"unknown face detector {kind!r}; choose one of {', '.join(DETECTOR_KINDS)}.")
         self.kind = kind
         self.net = net.eval()
-        self.anchors = _ANCHORS[kind]
-        # RetinaFace was trained on BGR 0..255 minus the Caffe means; YuNet on BGR 0..255.
-        mean = [0.0, 0.0, 0.0] if kind == "yunet" else [104.0, 117.0, 123.0]
+        self.anchors = _ANCHORS.get(kind)  # None for MTCNN, which proposes its own boxes
+        # RetinaFace was trained on BGR 0..255 minus the Caffe means; YuNet on BGR 0..255 (MTCNN normalises itself).
+        mean = [104.0, 117.0, 123.0] if kind.startswith("retinaface") else [0.0, 0.0, 0.0]
         self.register_buffer("bgr_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self._prior_cache: dict[tuple, torch.Tensor] = {}
         self.requires_grad_(False)
@@ -128,6 +131,10 @@ class FaceDetector(nn.Module):
 
     @torch.inference_mode()
     def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.kind == "mtcnn":
+            from .mtcnn import mtcnn_detect
+
+            return mtcnn_detect(self.net, rgb)
         b, _, h, w = rgb.shape
         m = self.anchors.multiple
         ph, pw = -(-h // m) * m, -(-w // m) * m
@@ -147,8 +154,10 @@ class FaceDetector(nn.Module):
 
 
 def detector_kind_from_state_dict(sd: Mapping[str, torch.Tensor]) -> str:
-    """Tell the three supported detectors apart by their parameter names."""
+    """Tell the supported detectors apart by their parameter names."""
     keys = set(sd)
+    if any(k.startswith("pnet.") for k in keys) and any(k.startswith("onet.") for k in keys):
+        return "mtcnn"
     if any(k.startswith("model0.") for k in keys) and any(k.startswith("head.") for k in keys):
         return "yunet"
     if any(k.startswith("body.stage1.") for k in keys):
@@ -157,12 +166,17 @@ def detector_kind_from_state_dict(sd: Mapping[str, torch.Tensor]) -> str:
         return "retinaface_resnet50"
     sample = ", ".join(sorted(keys)[:4])
     raise WeightsError(
-        f"this file is not a RetinaFace (resnet50 / mobilenet0.25) or YuNet face detector (first keys: {sample}). "
-        "Use detection_Resnet50_Final.pth, detection_mobilenet0.25_Final.pth or yunet_final.pth."
+        f"this file is not a RetinaFace (resnet50 / mobilenet0.25), YuNet or MTCNN face detector (first keys: {sample}). "
+        "Use detection_Resnet50_Final.pth, detection_mobilenet0.25_Final.pth, yunet_final.pth or the packaged "
+        "mtcnn_facenet_pytorch.safetensors."
     )
 
 
 def _make_net(kind: str) -> nn.Module:
+    if kind == "mtcnn":
+        from ..models.mtcnn import MTCNN
+
+        return MTCNN()
     if kind == "yunet":
         from kornia.models.yunet.model import YuNet
 
@@ -229,6 +243,13 @@ def load_detector(weights: str | Path, kind: str = "auto", device: torch.device 
     if kind != "auto" and kind != found:
         raise WeightsError(f"{path.name} holds a {found} detector, not {kind}; pick detector '{found}' or the matching file.")
     return build_detector(found, sd).to(device=device, dtype=dtype)
+
+
+def load_builtin_detector(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> FaceDetector:
+    """The MTCNN detector shipped in ``bfr_core/data`` (registry id ``mtcnn``, MIT): no download, works offline."""
+    from ..weights.fetch import resolve
+
+    return load_detector(resolve("mtcnn", allow_download=False)[0], device=device, dtype=dtype)
 
 
 @torch.inference_mode()

@@ -226,12 +226,16 @@ def skip_init():
 
 
 def stored_config(ckpt: Checkpoint, arch_name: str) -> Any:
-    """The config dataclass written by :func:`bfr_core.weights.save_model`, if this file has one."""
-    if ckpt.meta.get("bfr_arch") != arch_name or "bfr_config" not in ckpt.meta:
+    """The config dataclass written by :func:`bfr_core.weights.save_model`, if this file has one.
+
+    Files holding several models (the trainer's bundled exports) store every config in ``bfr_configs``.
+    """
+    stored = ckpt.meta.get("bfr_configs", {}).get(arch_name)
+    if stored is None and ckpt.meta.get("bfr_arch") == arch_name:
+        stored = ckpt.meta.get("bfr_config")
+    if stored is None:
         return None
-    arch = get(arch_name)
-    cfg_cls = _config_class(arch)
-    return _config_from_dict(cfg_cls, ckpt.meta["bfr_config"])
+    return _config_from_dict(_config_class(get(arch_name)), stored)
 
 
 def _config_class(arch: Architecture) -> type:

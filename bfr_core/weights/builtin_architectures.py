@@ -33,6 +33,14 @@ register(Architecture(
     config_from_state_dict=_M + "arcface:config_from_state_dict",
     prefixes=("", "state_dict."),
 ))
+register(Architecture(
+    name="faceshifter_arcface_r101",
+    title="FaceShifter identity network (torchvision ResNet-101/256, VSPBFR's Arcface.pth)",
+    signature=("conv1.weight", "bn1.running_var", "layer1.0.conv3.weight", "layer4.0.downsample.0.weight", "fc.weight"),
+    model=_M + "faceshifter_arcface:FaceShifterArcFace",
+    config_from_state_dict=_M + "faceshifter_arcface:config_from_state_dict",
+    prefixes=("", "state_dict."),
+))
 
 # ----------------------------------------------------------------------------------------- VSPBFR
 register(Architecture(
@@ -76,6 +84,14 @@ register(Architecture(
     config_from_state_dict=_M + "vspbfr_discriminator:config_from_state_dict",
     prefixes=("d.", ""),
 ))
+register(Architecture(
+    name="e4e_latent_discriminator",
+    title="e4e latent-codes discriminator on W (VSPBFR stage 1)",
+    signature=("mlp.0.weight", "mlp.0.bias", "mlp.2.weight"),
+    model=_M + "latent_discriminator:LatentCodesDiscriminator",
+    config_from_state_dict=_M + "latent_discriminator:config_from_state_dict",
+    prefixes=("discriminator_state_dict.", ""),
+))
 
 # ----------------------------------------------------------------------------------------- PLTrans (ours)
 register(Architecture(
@@ -93,4 +109,31 @@ register(Architecture(
     model=_M + "vq:VQGAN",
     config_from_state_dict=_M + "vq:config_from_state_dict",
     prefixes=("", "ema.", "model.", "vqvae.", "state_dict.vqvae.", "state_dict."),
+))
+register(Architecture(
+    name="patch_discriminator",
+    title="PatchGAN discriminator (taming NLayerDiscriminator layout; PLTrans stages 1 and 3)",
+    signature=("main.0.weight", "main.0.bias", "main.2.weight", "main.3.running_mean"),
+    model=_M + "discriminators:PatchDiscriminator",
+    config_from_state_dict=_M + "discriminators:config_from_state_dict",
+    prefixes=("", "loss.discriminator.", "discriminator."),
+))
+
+# ----------------------------------------------------------------------------------------- face detection
+register(Architecture(
+    name="mtcnn",
+    title="MTCNN face detector (P-Net, R-Net, O-Net; facenet-pytorch weights, shipped in bfr_core/data)",
+    signature=("pnet.conv4_2.weight", "rnet.dense5_2.weight", "onet.dense6_3.weight"),
+    model=_M + "mtcnn:MTCNN",
+    config_from_state_dict=_M + "mtcnn:config_from_state_dict",
+))
+
+# ----------------------------------------------------------------------------------------- built-in compact model
+register(Architecture(
+    name="compact_restorer",
+    title="compact NAFNet-style U-Net restorer (the built-in offline model)",
+    signature=("intro.weight", "to_full.weight", "tail.weight", "middle.0.norm1.weight"),
+    model=_M + "compact:CompactRestorer",
+    config_from_state_dict=_M + "compact:config_from_state_dict",
+    prefixes=("", "ema.", "model."),
 ))

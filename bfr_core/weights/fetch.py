@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import DownloadError, WeightsError
-from .registry import HubSource, KnownCheckpoint, UrlSource, find_by_filename, known, KNOWN
+from .registry import HubSource, KnownCheckpoint, PackagedSource, UrlSource, find_by_filename, known, KNOWN
 
 log = logging.getLogger(__name__)
 
@@ -247,12 +247,26 @@ def _folders_hint() -> str:
     return ", ".join(str(d) for d in dirs) if dirs else "set BFR_MODELS_DIR, or pass the file path"
 
 
+def _packaged(entry: KnownCheckpoint) -> Path | None:
+    """The copy of ``entry`` shipped in ``bfr_core/data``, if it has one and this install holds it."""
+    for src in entry.sources:
+        if isinstance(src, PackagedSource) and src.path().is_file():
+            return src.path()
+    return None
+
+
 def download(entry: KnownCheckpoint | str, *, dest_dir: str | os.PathLike | None = None,
              progress: ByteProgress | None = None) -> Path:
     """Download a registry checkpoint (or find it in the cache) and verify it. Sources are tried in order."""
     entry = known(entry) if isinstance(entry, str) else entry
     errors: list[str] = []
     for src in entry.sources:
+        if isinstance(src, PackagedSource):  # checked, never removed: it belongs to the install, not the cache
+            if src.path().is_file():
+                verify(src.path(), entry)
+                return src.path()
+            errors.append(f"{entry.id}: {src.describe()} is missing from this install; reinstall the package.")
+            continue
         try:
             if isinstance(src, HubSource):
                 path = _hub_download(src, entry.id, Path(dest_dir) if dest_dir else None, progress)
@@ -285,7 +299,7 @@ def resolve(spec: str | os.PathLike, *, allow_download: bool = True, dest_dir: s
         return _resolve_hf_uri(spec_str, dest_dir, progress), None
     entry = KNOWN.get(spec_str) or find_by_filename(path.name)
     if entry is not None:
-        local = find_local(entry.filename)
+        local = _packaged(entry) or find_local(entry.filename)
         if local is not None:
             verify(local, entry)
             return local, entry

@@ -8,6 +8,7 @@ locally in the weights lock file (commit and sha256), so every later use is veri
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,25 @@ class UrlSource:
 
 
 @dataclass(frozen=True)
+class PackagedSource:
+    """A file shipped inside the package, in ``bfr_core/data``: present on every install, never downloaded."""
+
+    filename: str
+
+    def path(self) -> Path:
+        return Path(__file__).resolve().parents[1] / "data" / self.filename
+
+    def describe(self) -> str:
+        return f"bfr_core/data/{self.filename} (shipped with the package)"
+
+
+@dataclass(frozen=True)
 class KnownCheckpoint:
     """One downloadable checkpoint file."""
 
     id: str
     filename: str
-    sources: tuple[HubSource | UrlSource, ...]
+    sources: tuple[HubSource | UrlSource | PackagedSource, ...]
     architectures: tuple[str, ...]
     licence: str
     description: str
@@ -177,6 +191,18 @@ KNOWN: dict[str, KnownCheckpoint] = {c.id: c for c in (
         sha256="ee0a3035c5cbfc9484a31332223c9fd9c0ddcdb7c46b6a19e558ed393b6f2c67",
         size=405_729,
         homepage="https://github.com/ShiqiYu/libfacedetection.train",
+    ),
+    KnownCheckpoint(
+        id="mtcnn",
+        filename="mtcnn_facenet_pytorch.safetensors",
+        sources=(PackagedSource("mtcnn_facenet_pytorch.safetensors"),),
+        architectures=("mtcnn",),
+        licence="MIT (facenet-pytorch 2.6.0 weights; MTCNN by Zhang et al. 2016)",
+        licence_url="https://github.com/timesler/facenet-pytorch/blob/master/LICENSE.md",
+        description="MTCNN face detector with five landmarks, shipped with the package: whole photos work offline.",
+        sha256="37125c93c2d1e69f3bf9d1d4ea4af980dcb29d308adc996782391a6554fbc0ec",
+        size=1_988_152,
+        homepage="https://github.com/timesler/facenet-pytorch",
     ),
     KnownCheckpoint(
         id="parsing-parsenet",

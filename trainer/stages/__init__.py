@@ -95,6 +95,9 @@ class Stage:
     for ``restored`` (and ``degraded``) against ``target`` when those keys are present.
     ``needs_lq``: the data must provide degraded inputs (``data.degradation`` other than none).
     ``uses_losses``: the step calls ``ctx.losses`` (the configured list); False for fixed objectives.
+    ``export_with``: frozen slots written into the export file beside the export slot, every model under its
+    slot name as key prefix (as e4e checkpoints hold ``encoder.*`` and ``decoder.*``), for loaders that read
+    both from one file.
     """
 
     name: str
@@ -109,6 +112,7 @@ class Stage:
     uses_losses: bool = True
     description: str = ""
     licence_hint: str = ""
+    export_with: tuple[str, ...] = ()
 
     def check_config(self, cfg: TrainConfig) -> None:
         missing = [m for m in self.models if m not in cfg.models]
@@ -136,7 +140,7 @@ class Stage:
 def register_stage(name: str, *, options: type, models: tuple[str, ...], trainable: tuple[str, ...] | None = None,
                    export: str | None = None, sample: SampleFn | None = None, setup: SetupFn | None = None,
                    needs_lq: bool = True, uses_losses: bool = True, description: str = "",
-                   licence_hint: str = "") -> Callable[[StepFn], StepFn]:
+                   licence_hint: str = "", export_with: tuple[str, ...] = ()) -> Callable[[StepFn], StepFn]:
     """Decorator registering ``step`` as the stage ``name``."""
 
     def deco(step: StepFn) -> StepFn:
@@ -144,6 +148,7 @@ def register_stage(name: str, *, options: type, models: tuple[str, ...], trainab
             name=name, step=step, options=options, models=models, trainable=trainable or models,
             export=export or models[0], sample=sample, setup=setup, needs_lq=needs_lq, uses_losses=uses_losses,
             description=description or (step.__doc__ or "").strip().split("\n")[0], licence_hint=licence_hint,
+            export_with=export_with,
         ))
         return step
 

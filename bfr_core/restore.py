@@ -53,7 +53,6 @@ REQUIRED = {
 PLTRANS_FILE = "pltrans.safetensors"
 #: Detectors tried when none is named: present files first (YuNet, then RetinaFace when facexlib is installed).
 DETECTORS = ("yunet", "retinaface-resnet50", "retinaface-mobilenet0.25")
-DATA_DIR = Path(__file__).resolve().parent / "data"
 COLOR_MATCH = ("none", "mean", "mean_std")
 
 
@@ -310,11 +309,10 @@ def build_restorer(method: str, options: RestoreOptions, device: torch.device) -
 
 
 def load_face_detector(options: RestoreOptions, device: torch.device):
-    """The detector for whole photos: ``options.detector``, else the first of :data:`DETECTORS` present,
-    else a YuNet shipped in ``bfr_core/data`` (if a distribution includes one), else YuNet downloaded."""
-    from .faces import load_detector
+    """The detector for whole photos: ``options.detector``, else the first of :data:`DETECTORS` already present,
+    else the MTCNN shipped in ``bfr_core/data`` (no download, so whole photos work offline)."""
+    from .faces import load_builtin_detector, load_detector
     from .weights import KNOWN, resolve
-    from .weights.fetch import find_local, search_dirs
 
     if options.detector:
         spec = options.detector
@@ -330,23 +328,9 @@ def load_face_detector(options: RestoreOptions, device: torch.device):
         if path is not None:
             log.info("face detector: %s (%s)", rid, path)
             return load_detector(path, device=device)
-    yunet = KNOWN["yunet"]
-    packaged = find_local(yunet.filename, [DATA_DIR])
-    if packaged is not None:
-        return load_detector(packaged, device=device)
-    if options.download:
-        try:
-            return load_detector(_fetch("yunet", True), device=device)
-        except WeightsError as e:
-            reason = str(e).splitlines()[0]
-    else:
-        reason = "downloads are off"
-    folders = ", ".join(str(d) for d in search_dirs()) or "a folder named in BFR_MODELS_DIR"
-    raise WeightsError(
-        f"whole photos need a face detector and none is available ({reason}). Put {yunet.filename} (YuNet, MIT, "
-        f"405 kB, {yunet.sources[-1].describe()}) into {folders} (e.g. `export BFR_MODELS_DIR=~/bfr-models`), "
-        "or name a RetinaFace/YuNet file with --detector FILE. Aligned face crops need no detector: use --aligned."
-    )
+    log.info("face detector: the built-in MTCNN (put yunet_final.pth in a model folder, or pass --detector yunet, "
+             "for a faster one)")
+    return load_builtin_detector(device=device)
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -550,6 +534,11 @@ def run(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, options: Re
     from accelerate.utils import gather_object
 
     total = Summary(job.method, job.reason)
-    for part in gather_object([summary.to_dict()]):
-        total.merge(Summary.from_dict(part))
+    try:
+        for part in gather_object([summary.to_dict()]):
+            total.merge(Summary.from_dict(part))
+    finally:
+        # Tear the process group down here: left to interpreter exit, gloo's threads can abort the process.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return total

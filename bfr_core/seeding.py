@@ -8,8 +8,11 @@ shift the random numbers another consumer sees.
 from __future__ import annotations
 
 import hashlib
+from typing import Sequence
 
 import torch
+
+from .errors import InputError
 
 MAX_SEED = 2**63 - 1
 
@@ -36,3 +39,14 @@ def randn(shape, generator: torch.Generator, device=None, dtype=torch.float32) -
     """Standard normal noise from ``generator`` (drawn on the generator's device, then moved)."""
     out = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
     return out.to(device=device or generator.device, dtype=dtype)
+
+
+def randn_batch(shape: Sequence[int], generator: torch.Generator | Sequence[torch.Generator],
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """Standard normal (B, ...) noise, float32: from one generator for the whole batch, or, given one generator
+    per image, image i drawn from generator i (so an image's noise does not depend on the batch it is in)."""
+    if isinstance(generator, torch.Generator):
+        return randn(tuple(shape), generator, device=device)
+    if len(generator) != shape[0]:
+        raise InputError(f"{len(generator)} noise generators were given for a batch of {shape[0]}; give one per image.")
+    return torch.cat([randn((1, *shape[1:]), g, device=device) for g in generator])

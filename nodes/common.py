@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Sequence
 
 import torch
@@ -56,6 +57,23 @@ def load_choice(choice: str, architecture: str) -> LoadedModel:
     loaded = load_model(spec, architecture, dest_dir=_comfy.download_dir(), cache=False)
     log.info("BFR: %s", loaded.licence_notice)
     return loaded
+
+
+def file_key(path: str | os.PathLike) -> tuple:
+    """Cache key of a weights file: its path plus size and modification time, so a file replaced under the same
+    name is loaded again instead of serving the old weights from a node's cache."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (str(path),)
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
+def choice_key(choice: str) -> tuple:
+    """Cache key of a weight combo choice: :func:`file_key` of the file it names when that is a local file."""
+    spec = choice.removesuffix(" (auto-download)")
+    path = _comfy.model_path(spec) if spec not in KNOWN else None
+    return (choice, *file_key(path)) if path else (choice,)
 
 
 def crops_to_model(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -33,7 +33,7 @@ from bfr_core.weights import KNOWN, PackagedSource
 
 from . import _comfy
 from ._comfy import io
-from .common import FACE_DETECTOR, FACE_PARSER, FACE_RESTORERS, FACES
+from .common import FACE_DETECTOR, FACE_PARSER, FACE_RESTORERS, FACES, file_key
 
 if TYPE_CHECKING:
     from bfr_core.pipelines.base import FaceRestorer
@@ -146,7 +146,7 @@ class FaceDetectorLoader(io.ComfyNode):
         from bfr_core.faces import load_detector
 
         path = _resolve(detector)
-        net = _cached(("detector", str(path), kind), lambda: load_detector(path, kind))
+        net = _cached(("detector", *file_key(path), kind), lambda: load_detector(path, kind))
         log.info("BFR: face detector %s (%s)", path.name, net.kind)
         return io.NodeOutput(PlacedNet(net, device == "cpu", working_size or None))
 
@@ -177,7 +177,7 @@ class FaceParserLoader(io.ComfyNode):
         from bfr_core.faces.parsing import load_parser
 
         path = _resolve(parser)
-        net = _cached(("parser", str(path)), lambda: load_parser(path))
+        net = _cached(("parser", *file_key(path)), lambda: load_parser(path))
         return io.NodeOutput(PlacedNet(net, device == "cpu"))
 
 
@@ -421,12 +421,12 @@ class RestoreFaces(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Restores every face of whole photos or video frames in one node: detect and align (once), restore with any "
-                "of the pack's restorers (VSPBFR, PLTrans, ...), paste back. Gives the same result as Face Detect & Crop → "
-                "restore → Face Paste Back with the restorer's crop size."
+                "of the pack's restorers (VSPBFR, PLTrans, PGDiff, compact), paste back. Gives the same result as "
+                "Face Detect & Crop → restore → Face Paste Back with the restorer's crop size."
             ),
             inputs=[
                 io.MultiType.Input("restorer", types=FACE_RESTORERS,
-                                   tooltip="A restorer from one of the pack's loaders (Load VSPBFR, Load PLTrans, ...)."),
+                                   tooltip="A restorer: Load VSPBFR, Load PLTrans, PGDiff Face Restorer or Load Compact Restorer."),
                 FACE_DETECTOR.Input("detector", tooltip="From Load Face Detector."),
                 io.Image.Input("image", tooltip="Photos or video frames (gray and RGBA work; RGBA keeps its alpha)."),
                 io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from bfr_core import images
-from bfr_core.errors import InputError, WeightsError
+from bfr_core.errors import InputError
 from bfr_core.seeding import MAX_SEED
 
 from . import _comfy
@@ -33,6 +33,7 @@ from .common import (
     PGDIFF,
     PGDIFF_PRIOR,
     PGDIFF_RESTORER,
+    choice_key,
     crops_to_model,
     load_choice,
     model_to_crops,
@@ -51,8 +52,7 @@ GUIDANCE_CATEGORY = "BFR/PGDiff/Guidance"
 SLAB = ("Licence: NTU S-Lab License 1.0, non-commercial use only (github.com/pq-yang/PGDiff); the notice is logged "
         "when the weights load.")
 INSIGHTFACE = "Licence: insightface model zoo, non-commercial research only; the notice is logged when the weights load."
-VGG_FILE = "vgg16-397923af.pth"
-VGG_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+VGG_ID = "vgg16-imagenet"  # torchvision's vgg16-397923af.pth in the weights registry
 
 #: Sampler widget → PGDiffPipeline.update (None: the guidance's own rule).
 UPDATE_CHOICES = {"from guidance": None, "classic": "classic", "dynamic (global norm)": "dynamic-global",
@@ -115,7 +115,7 @@ class PGDiffPriorLoader(io.ComfyNode):
 
             return PGDiffPipeline(_frozen(ddpm, "adm_unet"), device=device, dtype=precision)
 
-        return io.NodeOutput(_cached("prior", (ddpm, precision, str(device)), build))
+        return io.NodeOutput(_cached("prior", (*choice_key(ddpm), precision, str(device)), build))
 
 
 class PGDiffRestorerLoader(io.ComfyNode):
@@ -137,7 +137,7 @@ class PGDiffRestorerLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, restorer: str) -> io.NodeOutput:
-        return io.NodeOutput(_cached("restorer", (restorer,), lambda: _frozen(restorer, "pgdiff_rrdb_restorer")))
+        return io.NodeOutput(_cached("restorer", choice_key(restorer), lambda: _frozen(restorer, "pgdiff_rrdb_restorer")))
 
 
 class ArcFaceLoader(io.ComfyNode):
@@ -159,7 +159,7 @@ class ArcFaceLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, arcface: str) -> io.NodeOutput:
-        return io.NodeOutput(_cached("arcface", (arcface,), lambda: _frozen(arcface, "arcface_iresnet")))
+        return io.NodeOutput(_cached("arcface", choice_key(arcface), lambda: _frozen(arcface, "arcface_iresnet")))
 
 
 # ------------------------------------------------------------------------------------------------ guidance terms
@@ -354,21 +354,23 @@ class GuidanceIdentity(io.ComfyNode):
         return _chain(guidance, term)
 
 
-def _vgg_choices() -> list[str]:
-    return [VGG_FILE] + [f for f in _comfy.model_files() if f != VGG_FILE]
-
-
 def _load_vgg(choice: str) -> torch.nn.Module:
-    path = _comfy.model_path(choice)
-    if path is None and choice == VGG_FILE:
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / VGG_FILE  # torchvision's own download, if any
-        path = str(cached) if cached.is_file() else None
-    if path is None:
-        raise WeightsError(f"{choice} was not found: put torchvision's ImageNet VGG16 ({VGG_URL}) into models/bfr.")
+    """The VGG16 features a weight choice names: torchvision's ImageNet file (from a model folder or torchvision's own
+    download cache, else downloaded into models/bfr; verified like every registry file) or a file in the model folders."""
     from bfr_core.pipelines.pgdiff import vgg_features
-    from bfr_core.weights import open_checkpoint
+    from bfr_core.weights import KNOWN, open_checkpoint, resolve
+    from bfr_core.weights.fetch import find_local
 
-    log.info("BFR: perceptual guidance VGG from %s", path)
+    spec = choice.removesuffix(" (auto-download)")
+    filename = KNOWN[VGG_ID].filename
+    torch_cache = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if spec in (VGG_ID, filename) and find_local(filename) is None and torch_cache.is_file():
+        spec = str(torch_cache)  # torchvision's own download: no second copy
+    elif spec not in KNOWN:
+        spec = _comfy.model_path(spec) or spec
+    path, entry = resolve(spec, dest_dir=_comfy.download_dir())
+    log.info("BFR: perceptual guidance VGG from %s. Licence: %s", path,
+             entry.licence_notice() if entry else "unknown (a local file)")
     return vgg_features(open_checkpoint(path).tensors)
 
 
@@ -380,10 +382,12 @@ class GuidancePerceptual(io.ComfyNode):
             display_name="PGDiff Guidance: Perceptual (BFR)",
             category=GUIDANCE_CATEGORY,
             description="Adds Σ‖φ(x̂₀) − φ(target)‖² over VGG16 relu1_2, relu2_2, relu3_3 and relu4_3 features (paper §4.6; "
-                        "not in the released code). Needs torchvision's ImageNet VGG16 weights in models/bfr.",
-            inputs=[io.Combo.Input("vgg", options=_vgg_choices(), default=VGG_FILE,
-                                   tooltip=f"VGG16 weights in torchvision's layout: {VGG_FILE} ({VGG_URL}) in models/bfr, or "
-                                           "torchvision's own download cache."),
+                        "not in the released code). Uses torchvision's ImageNet VGG16 weights, downloaded into models/bfr on "
+                        "first use.",
+            inputs=[io.Combo.Input("vgg", options=weight_choices([VGG_ID]),
+                                   tooltip="VGG16 weights in torchvision's layout: torchvision's vgg16-397923af.pth (found in a model "
+                                           "folder or torchvision's download cache, else downloaded from download.pytorch.org "
+                                           "into models/bfr), or a file in models/bfr."),
                     *_term_inputs(0.01, 1000.0, "the perceptual loss"), _guidance_input(), *_target_inputs("Target")],
             outputs=[GUIDANCE.Output("guidance_out", display_name="GUIDANCE")],
         )
@@ -393,7 +397,7 @@ class GuidancePerceptual(io.ComfyNode):
                 target_image=None) -> io.NodeOutput:
         from bfr_core.guidance import Perceptual
 
-        net = _cached("vgg", (vgg,), lambda: _load_vgg(vgg))
+        net = _cached("vgg", choice_key(vgg), lambda: _load_vgg(vgg))
         term = Perceptual(vgg=net, target=_target(restorer, target_image, "perceptual"), weight=weight, start=start,
                           stop=stop, n_steps=n_steps)
         return _chain(guidance, term)
@@ -421,7 +425,7 @@ class GuidanceGAN(io.ComfyNode):
                 guidance=None) -> io.NodeOutput:
         from bfr_core.guidance import Adversarial
 
-        net = _cached("discriminator", (discriminator,), lambda: _frozen(discriminator, "vspbfr_discriminator"))
+        net = _cached("discriminator", choice_key(discriminator), lambda: _frozen(discriminator, "vspbfr_discriminator"))
         return _chain(guidance, Adversarial(discriminator=net, weight=weight, start=start, stop=stop, n_steps=n_steps))
 
 
@@ -523,10 +527,11 @@ class PartialGuidanceSampler(io.ComfyNode):
                 GUIDANCE.Input("guidance", tooltip="From a task preset or a chain of guidance term nodes."),
                 *_sampler_inputs(),
                 io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
-                             tooltip="Start noise and step noise (one stream per batch, as released: one face with seed s starts from the released x_T)."),
+                             tooltip="Start noise and step noise. Every face has its own random stream (the first face with seed s "
+                                     "follows the released sampler with seed s)."),
                 io.Int.Input("batch_size", default=4, min=1, max=256,
-                             tooltip="Faces sampled together. They share one noise stream, so another batch size gives other "
-                                     "(equally valid) samples; lower it if the GPU runs out of memory."),
+                             tooltip="Faces sampled together; lower it if the GPU runs out of memory. Every face has its own "
+                                     "random stream, so the batch size never changes a result."),
             ],
             outputs=[io.Image.Output("restored", display_name="IMAGE")],
         )
@@ -553,7 +558,8 @@ class PGDiffFaceRestorer(io.ComfyNode):
             display_name="PGDiff Face Restorer (BFR)",
             category=CATEGORY,
             description="Bundles the prior, the guidance and the sampler settings into a restorer for Restore Faces (which "
-                        "gives the seed and the batch size). Without a guidance it uses the restoration preset.",
+                        "gives the seed and the batch size; every face has its own random stream, so the batch size never "
+                        "changes a result). Without a guidance it uses the restoration preset.",
             inputs=[
                 PGDIFF_PRIOR.Input("prior", tooltip="From Load PGDiff Face Prior."),
                 *_sampler_inputs(),

@@ -155,7 +155,7 @@ def test_term_nodes_chain_and_keep_the_incoming_guidance(env):
     assert {id(env["prior"].unet), id(env["restorer"]), id(env["arcface"]), id(perc.vgg), id(gan.discriminator)} <= placed
 
 
-def test_term_nodes_refuse_bad_inputs(env):
+def test_term_nodes_refuse_bad_inputs(env, monkeypatch, tmp_path):
     with pytest.raises(InputError, match="either a restorer or a target image"):
         run(env, "BFRPGDiffGuidanceSmoothSemantics", restorer=env["restorer"], target_image=_image(1))
     with pytest.raises(InputError, match="stop ≤ start"):
@@ -164,8 +164,64 @@ def test_term_nodes_refuse_bad_inputs(env):
         run(env, "BFRPGDiffGuidanceLightness", guidance="restoration")
     with pytest.raises(InputError, match="MASK"):
         run(env, "BFRPGDiffGuidanceUnmaskedRegion", mask=torch.zeros(1, 1, 8, 8))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no torchvision download cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError, match="download.pytorch.org"):
-        run(env, "BFRPGDiffGuidancePerceptual", vgg="vgg16-397923af.pth")
+        run(env, "BFRPGDiffGuidancePerceptual", vgg="vgg16-imagenet (auto-download)")
+    with pytest.raises(WeightsError, match="download.pytorch.org"):  # the file name, as saved before the registry entry
+        env["pack"]["BFRPGDiffGuidancePerceptual"].execute(vgg="vgg16-397923af.pth", weight=0.01, start=1.0, stop=0.0, n_steps=1)
+
+
+def test_perceptual_node_downloads_torchvisions_vgg_into_models_bfr(env, monkeypatch, tmp_path):
+    """'vgg16-imagenet (auto-download)' fetches torchvision's file (here a tiny stand-in from a loopback server) into
+    models/bfr once, pins its sha256, and then finds it there; torchvision's own download cache is used when present."""
+    import dataclasses
+    import hashlib
+    import sys
+
+    import folder_paths
+
+    from bfr_core.weights import fetch, registry
+    from tests import hub_server, tiny_weights
+
+    nodes = sys.modules[f"{harness.PACK_NAME}.nodes.pgdiff"]
+    entry = registry.KNOWN["vgg16-imagenet"]
+    assert entry.filename == "vgg16-397923af.pth" and "BSD-3-Clause" in entry.licence and not entry.non_commercial
+    assert entry.sources == (registry.UrlSource("https://download.pytorch.org/models/vgg16-397923af.pth"),)
+    schema = env["pack"]["BFRPGDiffGuidancePerceptual"].define_schema()
+    assert schema.inputs[0].options[0] == "vgg16-imagenet (auto-download)"
+
+    vgg = tiny_weights.pgdiff_models()["vgg"]
+    torch.save({f"features.{k}": v for k, v in vgg.state_dict().items()}, tmp_path / "vgg.pth")  # torchvision's layout
+    data = (tmp_path / "vgg.pth").read_bytes()
+    hub = hub_server.FakeHub()
+    hub.files["raw/vgg16-397923af.pth"] = data
+    server = hub_server.start(hub)
+    monkeypatch.setitem(registry.KNOWN, entry.id, dataclasses.replace(entry, sources=(registry.UrlSource(f"{hub.url}/raw/vgg16-397923af.pth"),)))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    target = Path(folder_paths.models_dir) / "bfr" / "vgg16-397923af.pth"
+    nodes._cache.pop("vgg", None)
+    try:
+        g = run(env, "BFRPGDiffGuidancePerceptual", vgg="vgg16-imagenet (auto-download)", target_image=_image(1))[0]
+        assert target.read_bytes() == data and [p for _, p in hub.requests] == ["/raw/vgg16-397923af.pth"]
+        assert fetch.expected_sha256(registry.KNOWN[entry.id]) == hashlib.sha256(data).hexdigest(), "pinned at first download"
+        x = torch.rand(1, 3, 32, 32)
+        torch.testing.assert_close(g.terms[0].vgg(x), vgg[: len(g.terms[0].vgg)](x), rtol=0, atol=0)
+        nodes._cache.pop("vgg")
+        run(env, "BFRPGDiffGuidancePerceptual", vgg="vgg16-imagenet (auto-download)")
+        assert len(hub.requests) == 1, "found in models/bfr, not downloaded again"
+
+        target.unlink()  # torchvision's cache instead of a second download
+        cached = tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth"
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(data)
+        nodes._cache.pop("vgg")
+        run(env, "BFRPGDiffGuidancePerceptual", vgg="vgg16-imagenet (auto-download)")
+        assert len(hub.requests) == 1 and not target.exists()
+    finally:
+        server.shutdown()
+        target.unlink(missing_ok=True)
+        nodes._cache.pop("vgg", None)
 
 
 @pytest.mark.parametrize("task", ["restoration", "colorization", "inpainting", "old photo restoration",
@@ -234,6 +290,34 @@ def test_sampler_node_is_the_pipeline_and_seeded(env):
     assert out.shape == (1, 32, 32, 4) and torch.equal(out[..., 3], rgba[..., 3]), "alpha passes through"
     with pytest.raises(InputError, match="FaceDetectCrop"):
         run(env, "BFRPartialGuidanceSampler", prior=prior, image=_image(1, size=40)[:, :, :30], guidance=g, steps=STEPS)
+
+
+def test_sampler_node_and_face_restorer_never_depend_on_the_batch_size(env):
+    """Every face has its own random stream: 3 faces at batch 3, 2 or 1 give the same result exactly (the networks
+    run one face at a time, see OneAtATime), through the sampler node and through PGDiff Face Restorer's
+    restore_faces, which Restore Faces calls (also after halving the batch on out-of-memory)."""
+    import copy
+
+    from tests.test_pgdiff_pipeline import OneAtATime
+
+    prior = copy.copy(env["prior"])
+    prior.unet = OneAtATime(env["prior"].unet)
+    restorer = OneAtATime(env["restorer"])
+    g = run(env, "BFRPGDiffTaskPreset", task="restoration", n_steps=1, restorer=restorer)[0]
+    kw = dict(prior=prior, image=_image(3, size=48, seed=12), guidance=g, steps=STEPS, seed=3)
+    whole = run(env, "BFRPartialGuidanceSampler", batch_size=3, **kw)[0]
+    for batch in (1, 2):
+        torch.testing.assert_close(run(env, "BFRPartialGuidanceSampler", batch_size=batch, **kw)[0], whole, rtol=0, atol=0)
+
+    pipe = run(env, "BFRPGDiffFaceRestorer", prior=prior, restorer=restorer, steps=STEPS, sampler="ddim", scale=0.0,
+               update="from guidance")[0]
+    faces = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(13)) * 2 - 1
+    restored = pipe.restore_faces(faces, 3, batch_size=3)
+    for batch in (1, 2):
+        torch.testing.assert_close(pipe.restore_faces(faces, 3, batch_size=batch), restored, rtol=0, atol=0)
+    sampler = env["pack"]["BFRPartialGuidanceSampler"].define_schema()
+    assert "never changes a result" in next(i for i in sampler.inputs if i.id == "batch_size").tooltip
+    assert "never changes a result" in env["pack"]["BFRPGDiffFaceRestorer"].define_schema().description
 
 
 def test_sampler_node_reports_progress_with_previews_and_can_be_interrupted(env):

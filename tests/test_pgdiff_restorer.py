@@ -68,7 +68,7 @@ def test_default_guidance_is_the_restoration_preset_and_overrides_apply(models):
 
 
 def test_chunks_carry_their_faces_guidance_tensors(models):
-    """Per-face masks follow their faces into the chunks; chunk k > 0 draws from the stream (seed, "pgdiff/k")."""
+    """Per-face masks follow their faces into the chunks; the chunk starting at face k uses faces k, k+1...'s streams."""
     pipe = PGDiffPipeline(models["ddpm"], device="cpu", steps=3)
     faces = _faces(3, seed=1)
     masks = torch.zeros(3, 32, 32)
@@ -76,7 +76,9 @@ def test_chunks_carry_their_faces_guidance_tensors(models):
     g = presets.inpainting(masks)
     chunked = pipe(faces, 9, guidance=g, batch_size=2)
     first = restore(pipe.unet, faces[:2], presets.inpainting(masks[:2]), steps=3, seed=9)
-    last = restore(pipe.unet, faces[2:], presets.inpainting(masks[2:]), steps=3, seed=derive_seed(9, "pgdiff/2"))
+    last = restore(pipe.unet, faces[2:], presets.inpainting(masks[2:]), steps=3, seed=9, first_index=2)
+    stream = restore(pipe.unet, faces[2:], presets.inpainting(masks[2:]), steps=3, seed=derive_seed(9, "pgdiff/2"))
+    torch.testing.assert_close(last, stream, rtol=0, atol=0)  # face k > 0: the stream "pgdiff/k" of the seed
     torch.testing.assert_close(chunked, torch.cat([first, last]), rtol=0, atol=0)
 
     shared = pipe(faces, 9, guidance=presets.inpainting(masks[:1]), batch_size=2)  # batch 1: every face

@@ -23,6 +23,7 @@ from bfr_core.sampling import (
 from bfr_core.sampling.analytic import GaussianMixtureEpsModel
 
 from .test_pgdiff_golden import randomize
+from .test_pgdiff_pipeline import OneAtATime
 
 
 # ----------------------------------------------------------------------------- schedule maths by hand
@@ -156,6 +157,24 @@ def test_samplers_are_deterministic_per_generator_and_batched(tiny_unet, sampler
     assert a.shape == (2, 3, 64, 64) and torch.isfinite(a).all()
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().mean() > 1e-3  # the per-step noise matters
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_one_generator_per_image_makes_each_image_independent_of_its_batch(tiny_unet, sampler):
+    """With a generator per image, image i's noise comes from generator i only: splitting the batch changes nothing
+    (the network runs one image at a time, so only the draws are compared), and one image with its generator is the
+    single-stream sampler at batch 1."""
+    s = DiffusionSchedule.linear().respace(space_timesteps(1000, 4))
+    den = IDDPMDenoiser(OneAtATime(tiny_unet))
+    run = (lambda x, g: sample_ddpm(den, x, s, generator=g)) if sampler == "ddpm" else (lambda x, g: sample_ddim(den, x, s, eta=0.5, generator=g))
+    gens = lambda: [torch.Generator().manual_seed(10 + i) for i in range(3)]  # noqa: E731
+    x = _noise(0, (3, 3, 64, 64))
+    whole = run(x, gens())
+    torch.testing.assert_close(torch.cat([run(x[:2], gens()[:2]), run(x[2:], gens()[2:])]), whole, rtol=0, atol=0)
+    torch.testing.assert_close(run(x[1:2], torch.Generator().manual_seed(11)), whole[1:2], rtol=0, atol=0)
+    assert (run(x, torch.Generator().manual_seed(10)) - whole).abs().max() > 1e-3, "one stream for the batch differs"
+    with pytest.raises(InputError, match="one per image"):
+        run(x, gens()[:2])
 
 
 def test_ddim_eta0_ignores_the_generator_and_batch_elements_are_independent(tiny_unet):

@@ -158,10 +158,19 @@ def test_whole_photos_with_the_real_detector(tiny, tmp_path, capsys):
     assert load_image(tmp_path / "up" / "cf_01.jpg").shape == (1, 378, 496, 3)
 
 
-def test_whole_photos_without_a_detector_say_how_to_get_one(tiny, tmp_path, capsys):
-    face = _image(tmp_path / "photo.png", 64, 64)
-    rc, _, err = _bfr(capsys, str(face), "-o", str(tmp_path / "out"), "--no-download")
-    assert rc == 2 and "need a face detector" in err and "yunet" in err.lower() and "--aligned" in err
+def test_whole_photos_offline_use_the_builtin_detector(tiny, tmp_path, monkeypatch, capsys, caplog):
+    """With no detector file anywhere and downloads off, the shipped MTCNN finds the example portrait's face."""
+    import bfr_core
+
+    example = Path(bfr_core.__file__).parent / "data" / "grace_hopper.jpg"
+    monkeypatch.setattr("bfr_core.weights.fetch._search_dirs", [])  # no model folder registered by other tests
+    monkeypatch.setenv("BFR_MODELS_DIR", str(tmp_path / "models"))
+    caplog.set_level("INFO", logger="bfr_core")
+    rc, stdout, err = _bfr(capsys, str(example), "-o", str(tmp_path / "out"), "--no-download")
+    assert rc == 0, err
+    assert "1 restored (1 faces)" in stdout and "built-in MTCNN" in caplog.text
+    before, after = load_image(example), load_image(tmp_path / "out" / example.name)
+    assert before.shape == after.shape and (before - after).abs().amax() > 0.05
 
 
 # ------------------------------------------------------------------------------------------------ videos
@@ -319,3 +328,27 @@ def test_progress_bars_follow_files_and_steps(enabled, capsys):
     assert bars.inner is None and bars.files.n == (2 if enabled else 0)  # a disabled bar counts nothing
     bars.close()
     assert "method compact: because" in capsys.readouterr().err
+
+
+def test_the_readme_quickstart_restores_the_example_offline(tmp_path, monkeypatch, capsys):
+    """The README's `bfr restore` line, as written (output redirected), with the shipped model and detector."""
+    import shlex
+
+    import huggingface_hub.constants  # noqa: F401 - read HF_HUB_OFFLINE once, at import
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## On a fresh machine", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    line = next(ln for ln in block.splitlines() if ln.startswith("bfr restore "))
+    args = shlex.split(line.split("#", 1)[0])[1:]
+    args[args.index("-o") + 1] = str(tmp_path / "restored")
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("BFR_COMPACT_WEIGHTS", raising=False)
+    monkeypatch.setattr("bfr_core.weights.fetch._search_dirs", [])  # a fresh machine: no model folders
+    monkeypatch.setenv("BFR_MODELS_DIR", str(tmp_path / "models"))
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 restored (1 faces)" in out
+    example = REPO / "bfr_core" / "data" / "grace_hopper.jpg"
+    before, after = load_image(example), load_image(tmp_path / "restored" / example.name)
+    assert before.shape == after.shape and 0.002 < (before - after).abs().mean() < 0.05

@@ -138,10 +138,10 @@ SPECS: dict[str, list[dict]] = {
         {"id": 5, "type": "SaveImage", "widgets": {"filename_prefix": "faces_restored"}, "links": {"images": (4, 0)}},
         {"id": 6, "type": "PreviewImage", "links": {"images": (4, 2)}, "title": "Restored crops"},
     ],
-    "faces_compact": [  # the offline one: the compact restorer ships with the pack
+    "faces_compact": [  # the offline one: the compact restorer and the MTCNN detector ship with the pack
         {"id": 1, "type": "LoadImage", "widgets": {"image": PHOTO}, "title": "Whole photo"},
         {"id": 2, "type": "BFRCompactLoader", "widgets": {"model": "built-in (ships with the pack)"}},
-        {"id": 3, "type": "BFRFaceDetectorLoader", "widgets": {"detector": "yunet (auto-download)"}},
+        {"id": 3, "type": "BFRFaceDetectorLoader", "widgets": {"detector": "mtcnn (built-in)"}},
         {"id": 4, "type": "BFRRestoreFaces", "widgets": {"seed": 0},
          "links": {"restorer": (2, 0), "detector": (3, 0), "image": (1, 0)}},
         {"id": 5, "type": "SaveImage", "widgets": {"filename_prefix": "faces_compact"}, "links": {"images": (4, 0)}},

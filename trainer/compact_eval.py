@@ -1,11 +1,12 @@
 """Quality and speed of a compact restorer on faces it never saw: ``python -m trainer.compact_eval``.
 
 Quality: the fixed :data:`HELD_OUT` faces (kept out of training by the ``face_folder_held_out`` dataset type)
-are resized to 512², degraded with the GFPGAN preset at ×4 and at ×8 (every other parameter drawn from the
-preset's ranges, face i at scale s with seed ``100·s + i``, so every run sees the same inputs), restored, and
-compared with the originals: PSNR (Y channel, BasicSR convention) and LPIPS v0.1 (AlexNet), for the degraded
-inputs and for the restored faces. Speed: the median wall-clock and process CPU time of one 512² face on
-``--threads`` CPU threads (after a warm-up), the measure behind the "2 s per face on 2 cores" budget.
+are resized to the model's crop size (512² for the built-in model), degraded with the GFPGAN preset at ×4 and at
+×8 (every other parameter drawn from the preset's ranges, face i at scale s with seed ``100·s + i``, so every run
+sees the same inputs), restored, and compared with the originals: PSNR (Y channel, BasicSR convention) and LPIPS
+v0.1 (AlexNet, or VGG with ``--lpips-net vgg``), for the degraded inputs and for the restored faces. Speed: the median wall-clock and process CPU
+time of one face of that size on ``--threads`` CPU threads (after a warm-up), the measure behind the "2 s per face
+on 2 cores" budget.
 
     python -m trainer.compact_eval --weights runs/compact/export/model.safetensors --json metrics.json
 """
@@ -92,19 +93,21 @@ def cpu_time(restorer, threads: int = 2, repeats: int = 5, size: int = SIZE) -> 
             cpu.append(time.process_time() - c0)
     finally:
         torch.set_num_threads(saved)
-    return {"threads": threads, "wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu),
+    return {"size": size, "threads": threads, "wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu),
             "load_average_1min": os.getloadavg()[0]}
 
 
 def report(results: dict[str, Any]) -> str:
     """A markdown table of :func:`evaluate`'s results (plus the timing if present)."""
-    lines = ["| degradation | PSNR degraded | PSNR restored | LPIPS degraded | LPIPS restored |", "|---|---|---|---|---|"]
+    net = results.get("lpips_net") or "alex"
+    lines = [f"| degradation | PSNR degraded | PSNR restored | LPIPS-{net} degraded | LPIPS-{net} restored |",
+             "|---|---|---|---|---|"]
     for key, row in results.get("quality", {}).items():
         lp = (f"{row['lpips_degraded']:.4f} | {row['lpips_restored']:.4f}" if "lpips_restored" in row else "– | –")
         lines.append(f"| GFPGAN {key} | {row['psnr_degraded']:.2f} dB | {row['psnr_restored']:.2f} dB | {lp} |")
     t = results.get("cpu_time")
     if t:
-        lines += ["", f"CPU time per 512² face, {t['threads']} threads: {t['wall_s']:.2f} s wall, {t['cpu_s']:.2f} s process CPU "
+        lines += ["", f"CPU time per {t['size']}² face, {t['threads']} threads: {t['wall_s']:.2f} s wall, {t['cpu_s']:.2f} s process CPU "
                       f"(1-min load average {t['load_average_1min']:.1f})"]
     return "\n".join(lines)
 
@@ -115,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "hq"),
                    help="folder holding the held-out faces (default: ../shared/data/hq)")
     p.add_argument("--device", default="cpu", help="where to restore for the quality numbers (cpu, cuda)")
-    p.add_argument("--lpips", default="auto", help="auto (LPIPS-alex when installed), off, or an lpips_alex.safetensors")
+    p.add_argument("--lpips", default="auto", help="auto (LPIPS when installed), off, or an lpips_NET.safetensors")
+    p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"),
+                   help="LPIPS backbone (the shipped model trained with LPIPS-alex; vgg is an independent check)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the timing (0: skip the timing)")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
@@ -126,20 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     from bfr_core.pipelines.compact import load_compact
 
     try:
-        hq = held_out_faces(args.data)
+        pipe = load_compact(args.weights, device=args.device, dtype="fp32")
+        hq = held_out_faces(args.data, size=pipe.size)  # the pipeline takes faces at the size it was trained for
         lpips = None
         if args.lpips != "off":
             try:
-                lpips = LPIPSMetric.load("alex", device=args.device, weights=None if args.lpips == "auto" else args.lpips)
+                lpips = LPIPSMetric.load(args.lpips_net, device=args.device, weights=None if args.lpips == "auto" else args.lpips)
             except BFRError as e:
                 if args.lpips != "auto":
                     raise
                 log.warning("LPIPS skipped: %s", e)
-        pipe = load_compact(args.weights, device=args.device, dtype="fp32")
         results: dict[str, Any] = {"weights": str(args.weights or "built-in"), "faces": list(HELD_OUT),
+                                   "lpips_net": args.lpips_net if lpips is not None else None,
                                    "quality": evaluate(pipe, hq, lpips=lpips)}
         if args.threads:
-            results["cpu_time"] = cpu_time(load_compact(args.weights, device="cpu", dtype="fp32"), args.threads)
+            results["cpu_time"] = cpu_time(load_compact(args.weights, device="cpu", dtype="fp32"), args.threads, size=pipe.size)
     except BFRError as e:
         log.error("%s", e)
         return 2

@@ -6,8 +6,10 @@ a respaced schedule and sampler (:mod:`bfr_core.sampling`) and the guidance
 they are resized to the model's 512 px and back. The UNet runs without autograd; only the guidance
 losses are differentiated, with respect to x̂₀.
 
-Seeding: x_T and every step's noise come from ``make_generator(seed, device)``, drawn in the order of
-PGDiff's released sampler, so with batch 1 on the same device a seed gives the released x_T.
+Seeding: every face has its own random stream, from :func:`noise_generators`: face k of a request (its index in
+the whole request, not in its chunk) draws its x_T and then every step's noise from a generator of (seed, k), so
+the batch size never changes a result. Face 0 uses the seed itself, in the order of PGDiff's released sampler:
+one face with seed s gets the released x_T and step noise of seed s (on the same device).
 
 :class:`PGDiffPipeline` wraps the prior, the optional RRDB restorer, the guidance and the sampler settings
 as a :class:`~bfr_core.pipelines.base.FaceRestorer` (restoration preset by default), sampling in chunks.
@@ -37,12 +39,13 @@ from ..sampling import (
     sample_ddpm,
     space_timesteps,
 )
-from ..seeding import derive_seed, make_generator, randn
+from ..seeding import make_generator, randn_batch
 from .base import check_faces
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SAMPLERS", "UPDATES", "make_schedule", "restore", "PGDiffPipeline", "guidance_modules", "vgg_features"]
+__all__ = ["SAMPLERS", "UPDATES", "make_schedule", "noise_generators", "restore", "PGDiffPipeline", "guidance_modules",
+           "vgg_features"]
 
 SAMPLERS = ("ddpm", "ddim")
 NUM_TRAIN_STEPS = 1000
@@ -71,6 +74,12 @@ def make_schedule(steps: int | str = NUM_TRAIN_STEPS, num_train_steps: int = NUM
     else:
         keep = space_timesteps(num_train_steps, str(steps))
     return base.respace(keep)
+
+
+def noise_generators(seed: int, n: int, device: torch.device | str = "cpu", first_index: int = 0) -> list[torch.Generator]:
+    """One generator per face for faces ``first_index`` … ``first_index + n − 1`` of a request: face 0 uses ``seed``
+    itself (the released sampler's stream), face k > 0 the stream ``"pgdiff/k"`` of the seed."""
+    return [make_generator(seed, device, stream=f"pgdiff/{k}" if k else "") for k in range(first_index, first_index + n)]
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None, model_dtype: torch.dtype):
@@ -103,7 +112,7 @@ def _autograd_ready(guidance: CompositeGuidance) -> CompositeGuidance:
 
 @torch.inference_mode(False)  # the guidance needs autograd, also when the caller runs under inference mode
 def restore(unet: nn.Module, lq: torch.Tensor, guidance: CompositeGuidance | None, *, steps: int | str = NUM_TRAIN_STEPS,
-            sampler: str = "ddpm", eta: float = 0.0, seed: int = 1234, noise: torch.Tensor | None = None,
+            sampler: str = "ddpm", eta: float = 0.0, seed: int = 1234, first_index: int = 0, noise: torch.Tensor | None = None,
             dtype: torch.dtype | None = None, clip_denoised: bool = True, progress: Progress | None = None,
             callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Sample restored faces for ``lq`` (B, 3, H, W) in [-1, 1]; returns the same shape in [-1, 1].
@@ -111,6 +120,8 @@ def restore(unet: nn.Module, lq: torch.Tensor, guidance: CompositeGuidance | Non
     ``unet``: the DDPM (any module ``(x, t) -> [ε, v]``) on its device and dtype; guidance networks
     (restorer, ArcFace...) live in ``guidance`` on the same device. ``steps``: see :func:`make_schedule`.
     ``sampler``: ``"ddpm"`` (ancestral, as released) or ``"ddim"`` (``eta`` = 0 deterministic).
+    ``seed``/``first_index``: face i of ``lq`` is face ``first_index + i`` of the request and draws its x_T and step
+    noise from its own generator (:func:`noise_generators`), so splitting a request into chunks changes nothing.
     ``noise``: an explicit x_T (B, 3, S, S) instead of the seeded one (the step noise still follows ``seed``). ``dtype``: run the networks under
     autocast in this precision (None: as they are); the diffusion maths stay float32.
     """
@@ -128,8 +139,8 @@ def restore(unet: nn.Module, lq: torch.Tensor, guidance: CompositeGuidance | Non
         y = F.interpolate(y, (size, size), mode="bilinear", antialias=True, align_corners=False)
     schedule = make_schedule(steps)
     shape = (lq.shape[0], 3, size, size)
-    gen = make_generator(seed, device)
-    x = randn(shape, gen, device=device)  # drawn even when replaced, so the step noise only depends on the seed
+    gens = noise_generators(seed, lq.shape[0], device, first_index)
+    x = randn_batch(shape, gens, device=device)  # drawn even when replaced, so the step noise only depends on the seed
     if noise is not None:
         if tuple(noise.shape) != shape:
             raise InputError(f"noise must have shape {shape}, got {tuple(noise.shape)}.")
@@ -139,9 +150,9 @@ def restore(unet: nn.Module, lq: torch.Tensor, guidance: CompositeGuidance | Non
     progress = progress or Progress(len(schedule))
     with _autocast(device, dtype, param.dtype):
         if sampler == "ddpm":
-            out = sample_ddpm(denoiser, x, schedule, guidance=bound, generator=gen, progress=progress, callback=callback)
+            out = sample_ddpm(denoiser, x, schedule, guidance=bound, generator=gens, progress=progress, callback=callback)
         else:
-            out = sample_ddim(denoiser, x, schedule, eta=eta, guidance=bound, generator=gen, progress=progress, callback=callback)
+            out = sample_ddim(denoiser, x, schedule, eta=eta, guidance=bound, generator=gens, progress=progress, callback=callback)
     out = out.float().clamp(-1.0, 1.0)
     if in_size != (size, size):
         out = F.interpolate(out, in_size, mode="bilinear", antialias=True, align_corners=False).clamp(-1.0, 1.0)
@@ -193,11 +204,10 @@ class PGDiffPipeline:
     :class:`~bfr_core.guidance.CompositeGuidance` (a preset or a chain of terms); ``scale`` and ``update`` (a key of
     :data:`UPDATES`) override its own when not None. ``steps``/``sampler``/``eta``: see :func:`restore`.
 
-    Seeding (what the sampler functions support): one generator draws x_T and every step's noise for a whole
-    batch, as in the released sampler. Faces are sampled ``batch_size`` at a time; the first chunk uses ``seed``
-    itself (one face with seed s starts from the released x_T of seed s), the chunk starting at face k a stream
-    derived from (seed, k). So a face's noise depends on the faces sampled with it: unlike the other restorers,
-    another ``batch_size`` gives other (equally valid) samples. DDIM with eta 0 draws only x_T.
+    Seeding: faces are sampled ``batch_size`` at a time, and face k of a call draws x_T and every step's noise from
+    its own generator of (seed, k) (see :func:`restore`), so, as with the other restorers, ``batch_size`` (and
+    Restore Faces' out-of-memory back-off) never changes a result. Face 0 with seed s follows the released sampler
+    with seed s. DDIM with eta 0 draws only x_T.
     """
 
     name = "pgdiff"
@@ -287,7 +297,7 @@ class PGDiffPipeline:
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
             out.append(restore(self.unet, faces[lo:hi], _chunk_guidance(g, n, lo, hi), steps=self.steps,
-                               sampler=self.sampler, eta=self.eta, seed=seed if lo == 0 else derive_seed(seed, f"pgdiff/{lo}"),
+                               sampler=self.sampler, eta=self.eta, seed=seed, first_index=lo,
                                dtype=self.dtype, progress=progress, callback=callback))
         return torch.cat(out)
 

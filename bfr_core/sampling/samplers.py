@@ -7,26 +7,31 @@ is given and active, replace it with the hook's corrected sample (PGDiff's parti
 starting from the sample just produced.
 
 Everything is batched; the loop never synchronises with the host (no ``.item()``/``.cpu()``), so it
-runs ahead on a GPU. Noise comes from ``generator`` only: the same generator state gives the same
-samples. Progress, previews (x̂₀) and cancellation go through :class:`bfr_core.progress.Progress`.
+runs ahead on a GPU. Noise comes from ``generator`` only: one generator draws each step's noise for the
+whole batch (as PGDiff's released sampler), a sequence of one generator per image draws image i's noise
+from generator i, so that an image's samples do not depend on the images sampled with it. The same
+generator states give the same samples. Progress, previews (x̂₀) and cancellation go through
+:class:`bfr_core.progress.Progress`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
 from ..errors import InputError
 from ..progress import Progress
-from ..seeding import randn
+from ..seeding import randn_batch
 from .denoiser import IDDPMDenoiser, Prediction
 from .schedule import DiffusionSchedule
 
 __all__ = ["GuidanceHook", "sample_ddpm", "sample_ddim", "ddpm_step", "ddim_step"]
 
 Callback = Callable[[dict[str, Any]], None]
+#: One generator for the whole batch, or one per image.
+Generators = torch.Generator | Sequence[torch.Generator]
 
 
 class GuidanceHook(Protocol):
@@ -93,7 +98,7 @@ def _loop(step, denoiser, x, schedule, guidance, generator, progress, callback, 
         ctx = guidance.context(x, t, index, num) if guidance is not None else None
         passes = guidance.passes(index, num) if guidance is not None else 1
         for p in range(passes):
-            noise = randn(x.shape, gen, device=x.device)
+            noise = randn_batch(x.shape, gen, device=x.device)
             x, pred = step(denoiser, x, schedule, index, noise, guidance, ctx, p, **kw)
         if callback is not None:
             callback({"i": i, "index": index, "t": t, "x": x, "x0": pred.x0})
@@ -102,15 +107,16 @@ def _loop(step, denoiser, x, schedule, guidance, generator, progress, callback, 
 
 
 def sample_ddpm(denoiser: IDDPMDenoiser, x: torch.Tensor, schedule: DiffusionSchedule, *,
-                guidance: GuidanceHook | None = None, generator: torch.Generator | None = None,
+                guidance: GuidanceHook | None = None, generator: Generators | None = None,
                 progress: Progress | None = None, callback: Callback | None = None) -> torch.Tensor:
-    """Ancestral (respaced) DDPM sampling from x_T = ``x``; one noise draw per pass, also at the last step
-    (where it is unused), which keeps seeded runs in step with PGDiff's released sampler."""
+    """Ancestral (respaced) DDPM sampling from x_T = ``x``; one noise draw per pass (per image with one generator
+    per image), also at the last step (where it is unused), which keeps seeded runs in step with PGDiff's
+    released sampler."""
     return _loop(ddpm_step, denoiser, x, schedule, guidance, generator, progress, callback)
 
 
 def sample_ddim(denoiser: IDDPMDenoiser, x: torch.Tensor, schedule: DiffusionSchedule, *, eta: float = 0.0,
-                guidance: GuidanceHook | None = None, generator: torch.Generator | None = None,
+                guidance: GuidanceHook | None = None, generator: Generators | None = None,
                 progress: Progress | None = None, callback: Callback | None = None) -> torch.Tensor:
     """DDIM sampling (``eta`` = 0: deterministic) with PGDiff guidance applied to each proposal.
 

@@ -158,6 +158,19 @@ KNOWN: dict[str, KnownCheckpoint] = {c.id: c for c in (
         notes=("Hosted on Google Drive only; if the direct link is refused, download it from insightface's model zoo and place it in models/bfr/.",),
     ),
     KnownCheckpoint(
+        id="vgg16-imagenet",
+        filename="vgg16-397923af.pth",
+        sources=(UrlSource("https://download.pytorch.org/models/vgg16-397923af.pth"),),
+        architectures=("torchvision_vgg16",),
+        licence=("BSD-3-Clause (torchvision); the ImageNet-trained weights may carry their own terms, which torchvision "
+                 "leaves to the user to determine"),
+        licence_url="https://github.com/pytorch/vision/blob/main/LICENSE",
+        description="torchvision's ImageNet VGG16 (IMAGENET1K_V1): the features of PGDiff's perceptual guidance.",
+        homepage="https://pytorch.org/vision/stable/models/generated/torchvision.models.vgg16.html",
+        notes=("Built by bfr_core.pipelines.pgdiff.vgg_features, not by load_model.",
+               "The file name's hex (397923af) is the start of its sha256; the full hash is pinned at first download."),
+    ),
+    KnownCheckpoint(
         id="retinaface-resnet50",
         filename="detection_Resnet50_Final.pth",
         sources=(UrlSource("https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth"),),

@@ -48,11 +48,15 @@ def weight_choices(registry_ids: Sequence[str]) -> list[str]:
     return known + [f for f in _comfy.model_files() if f not in {KNOWN[r].filename for r in registry_ids}]
 
 
+def _choice_spec(choice: str) -> str:
+    """What a weight combo choice names: a registry id, or the path of a file in a models folder."""
+    spec = choice.removesuffix(" (auto-download)")
+    return spec if spec in KNOWN else (_comfy.model_path(spec) or spec)
+
+
 def load_choice(choice: str, architecture: str) -> LoadedModel:
     """Load what a weight combo names: a registry id (found or downloaded into models/bfr) or a file."""
-    spec = choice.removesuffix(" (auto-download)")
-    if spec not in KNOWN:
-        spec = _comfy.model_path(spec) or spec
+    spec = _choice_spec(choice)
     # Not cached in the core: the loader nodes keep what they built, so replacing it frees the old weights.
     loaded = load_model(spec, architecture, dest_dir=_comfy.download_dir(), cache=False)
     log.info("BFR: %s", loaded.licence_notice)
@@ -71,9 +75,8 @@ def file_key(path: str | os.PathLike) -> tuple:
 
 def choice_key(choice: str) -> tuple:
     """Cache key of a weight combo choice: :func:`file_key` of the file it names when that is a local file."""
-    spec = choice.removesuffix(" (auto-download)")
-    path = _comfy.model_path(spec) if spec not in KNOWN else None
-    return (choice, *file_key(path)) if path else (choice,)
+    spec = _choice_spec(choice)
+    return (choice,) if spec in KNOWN else (choice, *file_key(spec))
 
 
 def crops_to_model(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:

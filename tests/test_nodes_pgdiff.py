@@ -74,6 +74,30 @@ def test_loaders_cache_freeze_and_name_the_licence(env):
         env["pack"]["BFRPGDiffRestorerLoader"].execute(restorer="missing.safetensors")  # a file removed since listing
 
 
+def test_a_weights_file_replaced_under_the_same_name_is_loaded_again(env):
+    """The loaders' cache is keyed by the file (path, size, mtime), not only by the name in the combo."""
+    import copy
+    import os
+
+    import folder_paths
+
+    from bfr_core.weights import save_model
+
+    path = Path(folder_paths.models_dir) / "bfr" / "replaced_rrdb.safetensors"
+    save_model(env["restorer"], path, "pgdiff_rrdb_restorer")
+    first = run(env, "BFRPGDiffRestorerLoader", restorer=path.name)[0]
+    assert run(env, "BFRPGDiffRestorerLoader", restorer=path.name)[0] is first
+    changed = copy.deepcopy(env["restorer"])
+    with torch.no_grad():
+        next(changed.parameters()).add_(1.0)
+    save_model(changed, path, "pgdiff_rrdb_restorer")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a new mtime even on coarse clocks
+    second = run(env, "BFRPGDiffRestorerLoader", restorer=path.name)[0]
+    assert second is not first
+    torch.testing.assert_close(next(second.parameters()), next(changed.parameters()))
+
+
 def test_prior_loader_reads_the_official_file_and_logs_its_s_lab_licence(env, caplog):
     """The workflows' choice "difface-ddpm-ffhq512 (auto-download)" finds DifFace's file (official name, ``module.``
     pickle layout) in models/bfr instead of downloading it, and the log names its S-Lab non-commercial licence."""

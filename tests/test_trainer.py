@@ -44,16 +44,20 @@ def fresh_accelerate():
 
     Runs use one thread: these models are tiny, and the test machine's cores are shared.
     """
-    from accelerate.state import AcceleratorState, GradientState
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     yield
+    reset_accelerate()
+    torch.set_num_threads(threads)
+
+
+def reset_accelerate() -> None:
+    """Forget Accelerate's process-wide state (between in-process runs of one test)."""
+    from accelerate.state import AcceleratorState, GradientState
+
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    torch.set_num_threads(threads)
 
 
 def make_faces(folder: Path, n: int = 12, size: int = 40) -> Path:
@@ -592,6 +596,12 @@ def _hq_or_skip() -> Path:
     if not SHARED_HQ.is_dir():
         pytest.skip(f"real faces not found at {SHARED_HQ} (they live beside the repository, never inside it)")
     return SHARED_HQ
+
+
+def real_config(name: str, out: Path, **overrides):
+    """A shipped config on the real faces of ../shared/data/hq (skips without them), with ``overrides``."""
+    items = {"output_dir": str(out), "data.root": str(_hq_or_skip()), "log.progress_bar": False, **overrides}
+    return load_cfg(name, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in items.items()])
 
 
 def _degradation() -> str:

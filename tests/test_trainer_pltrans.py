@@ -14,40 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "trainer" / "configs"
-SHARED_HQ = REPO.parent / "shared" / "data" / "hq"
+from .test_trainer import fresh_accelerate  # noqa: F401 - autouse: a clean Accelerate state per test
+from .test_trainer import CONFIGS, REPO, SHARED_HQ, real_config, reset_accelerate
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate():
-    """A clean Accelerate state per in-process run, and one thread (tiny models, shared cores)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    torch.set_num_threads(threads)
-
-
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-def _config(name: str, out: Path, **overrides):
-    from trainer.config import load_config
-
-    if not SHARED_HQ.is_dir():
-        pytest.skip(f"real faces not found at {SHARED_HQ} (they live beside the repository, never inside it)")
-    items = {"output_dir": str(out), "data.root": str(SHARED_HQ), "log.progress_bar": False, **overrides}
-    return load_config(CONFIGS / name, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in items.items()])
 
 
 def _series(result, key: str) -> list[float]:
@@ -71,7 +40,7 @@ def test_three_stages_chain_through_their_exports(tmp_path, caplog):
     from trainer.loop import Trainer, train
 
     # Stage 1: the HQ dictionary (VQGAN + PatchGAN from step 40).
-    first = train(_config("pltrans_dictionary_tiny.yaml", tmp_path / "dictionary"))
+    first = train(real_config("pltrans_dictionary_tiny.yaml", tmp_path / "dictionary"))
     l1 = _series(first, "train/l1")
     assert len(l1) == 6 and np.mean(l1[-2:]) < 0.8 * l1[0], l1
     assert "train/d_loss" in first.history[-2] and "val/psnr_restored" in first.metrics
@@ -81,8 +50,8 @@ def test_three_stages_chain_through_their_exports(tmp_path, caplog):
 
     # Stage 2: R on the frozen dictionary encoder; the EMA is started at step 0 here, so the export must get the
     # calibrated latent_scale from the trained model rather than a lagging average.
-    _reset_accelerate()
-    trainer = Trainer(_config("pltrans_regularizer_tiny.yaml", tmp_path / "regularizer",
+    reset_accelerate()
+    trainer = Trainer(real_config("pltrans_regularizer_tiny.yaml", tmp_path / "regularizer",
                               **{"models.model.dictionary": str(dictionary_file), "ema.start_step": 0}))
     model = trainer.accelerator.unwrap_model(trainer.models["model"])
     vq = dictionary.model
@@ -106,8 +75,8 @@ def test_three_stages_chain_through_their_exports(tmp_path, caplog):
     assert scale != 1.0 and float(exported.model.regularizer.latent_scale) == scale
 
     # Stage 3: the restoration network from the stage-2 export, against a PatchGAN from step 25.
-    _reset_accelerate()
-    trainer = Trainer(_config("pltrans_restoration_tiny.yaml", tmp_path / "restoration",
+    reset_accelerate()
+    trainer = Trainer(real_config("pltrans_restoration_tiny.yaml", tmp_path / "restoration",
                               **{"models.restorer.init": str(regularizer_file)}))
     restorer = trainer.accelerator.unwrap_model(trainer.models["restorer"])
     assert float(restorer.regularizer.latent_scale) == scale
@@ -162,8 +131,8 @@ def test_stage_resumes_exactly(tmp_path, config):
     from trainer.loop import train
 
     def run(out: Path, steps: int):
-        _reset_accelerate()
-        return train(_config(config, out, max_steps=steps, **RESUME[config], **{
+        reset_accelerate()
+        return train(real_config(config, out, max_steps=steps, **RESUME[config], **{
             "checkpoint.every": 2, "log.every": 1, "log.num_samples": 0, "data.val_fraction": 0}))
 
     whole = run(tmp_path / "whole", 4)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -10,44 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "trainer" / "configs"
-SHARED_HQ = REPO.parent / "shared" / "data" / "hq"
+from .test_trainer import fresh_accelerate  # noqa: F401 - autouse: a clean Accelerate state per test
+from .test_trainer import real_config, reset_accelerate
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate():
-    """A clean Accelerate state per in-process run, and one thread (tiny models, shared cores)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    torch.set_num_threads(threads)
-
-
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-def _hq_or_skip() -> Path:
-    if not SHARED_HQ.is_dir():
-        pytest.skip(f"real faces not found at {SHARED_HQ} (they live beside the repository, never inside it)")
-    return SHARED_HQ
-
-
-def _config(name: str, out: Path, **overrides):
-    from trainer.config import load_config
-
-    items = {"output_dir": str(out), "data.root": str(_hq_or_skip()), "log.progress_bar": False, **overrides}
-    return load_config(CONFIGS / name, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in items.items()])
 
 
 def _states(trainer) -> dict[str, dict[str, torch.Tensor]]:
@@ -121,7 +85,7 @@ def test_stages_1_and_3_learn_and_their_exports_run_in_the_vspbfr_loader(tmp_pat
 
     # Stage 1: the style encoder.
     out = tmp_path / "style_encoder"
-    trainer = Trainer(_config("vspbfr_style_encoder_tiny.yaml", out))
+    trainer = Trainer(real_config("vspbfr_style_encoder_tiny.yaml", out))
     before = _states(trainer)
     result = trainer.run()
     after = _states(trainer)
@@ -148,9 +112,9 @@ def test_stages_1_and_3_learn_and_their_exports_run_in_the_vspbfr_loader(tmp_pat
     assert _same(decoder.model.state_dict(), after["decoder"])
 
     # Stage 3: the restoration network, its frozen e4e and decoder from the stage-1 export.
-    _reset_accelerate()
+    reset_accelerate()
     out = tmp_path / "restoration"
-    trainer = Trainer(_config("vspbfr_restoration_tiny.yaml", out, **{
+    trainer = Trainer(real_config("vspbfr_restoration_tiny.yaml", out, **{
         "models.encoder.init": str(style_file), "models.decoder.init": str(style_file)}))
     before = _states(trainer)
     assert _same(before["encoder"], loaded.model.state_dict()) and _same(before["decoder"], after["decoder"])
@@ -262,8 +226,8 @@ def test_stage_resumes_exactly(tmp_path, config):
     from trainer.loop import train
 
     def run(out: Path, steps: int):
-        _reset_accelerate()
-        return train(_config(config, out, max_steps=steps, **RESUME[config], **{
+        reset_accelerate()
+        return train(real_config(config, out, max_steps=steps, **RESUME[config], **{
             "checkpoint.every": 2, "log.every": 1, "log.num_samples": 0, "data.val_fraction": 0}))
 
     whole = run(tmp_path / "whole", 4)

@@ -513,6 +513,12 @@ def run(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, options: Re
     items = plan(inputs, out_dir, options)
     if not items:
         raise InputError("no images or videos found in the inputs.")
+    if not options.overwrite and all(item.target.exists() for item in items):
+        # Every output is there (a finished run started again): say so without loading or downloading a model.
+        summary = Summary("none", "every output already exists (overwrite restores them again)")
+        summary.skipped = [str(item.source) for item in items]
+        log.info("all %d outputs in %s already exist; nothing to do", len(items), out_dir)
+        return summary
     state = _distributed(options)
     if state is None:
         device = resolve_device(options.device)

@@ -147,4 +147,11 @@ def test_diagnostics_command_line(model, tmp_path, monkeypatch):
                       "--method", "pca"]) == 0
     report = json.loads((out / "pltrans_diagnostics.json").read_text())
     assert report["faces"] == 4 and report["levels"] == [0, 20] and len(report["mean"]) == 4
+    assert report["degradations"] == ["x8", "x16", "x32", "x64"]
     assert (out / "pltrans_fig4.png").exists() and (out / "pltrans_fig3.png").exists()
+    # a low-resolution model is measured at the factors that lose as much as the paper's do at 512 px
+    assert diag.main(["ckpt", str(tmp_path), "--out", str(out), "--levels", "0", "--steps", "1", "--n", "20",
+                      "--method", "pca", "--factors", "2,4"]) == 0
+    assert json.loads((out / "pltrans_diagnostics.json").read_text())["degradations"] == ["x2", "x4"]
+    with pytest.raises(InputError, match="--factors"):
+        diag.main(["ckpt", str(tmp_path), "--out", str(out), "--factors", "0,2"])

@@ -467,6 +467,41 @@ def test_export_loads_through_bfr_core_and_publishes_to_the_hub(tmp_path, monkey
     assert_same_tensors({k: v for k, v in loaded.model.state_dict().items()}, ema)
 
 
+def test_time_budget_ends_the_run_with_an_export_a_later_run_resumes_and_validate_only_measures(tmp_path):
+    from trainer.config import ConfigError
+    from trainer.loop import train, validate_only
+
+    root = make_faces(tmp_path / "faces", 8)
+    out = tmp_path / "run"
+    cfg = load_cfg("pgdiff_restorer_tiny.yaml", tiny_overrides(out, root, max_steps=50, max_minutes=1e-6))
+    result = train(cfg)
+    assert result.out_of_time and result.stopped_by is None and result.step == 1
+    assert (out / "export" / "model.safetensors").is_file() and "steps: 1 of 50" in (out / "export" / "README.md").read_text()
+    assert any("val/psnr_restored" in row for row in result.history)  # validated at the last step it ran
+    reset_accelerate()
+    again = train(load_cfg("pgdiff_restorer_tiny.yaml", tiny_overrides(out, root, max_steps=3)))
+    assert again.step == 3 and not again.out_of_time
+
+    # --validate_only: the saved state measured under other degradations, nothing trained or saved
+    states = sorted(p.name for p in (out / "checkpoints").iterdir())
+    measured = {}
+    for scale in (1.0, 4.0):
+        reset_accelerate()
+        options = {"data.degradation_options": {"scale_range": [scale, scale], "noise_range": [0, 0]}}
+        measured[scale] = validate_only(load_cfg("pgdiff_restorer_tiny.yaml", tiny_overrides(out, root, **options)))
+    assert measured[1.0].step == measured[4.0].step == 3
+    assert measured[1.0].metrics["val/psnr_degraded"] > measured[4.0].metrics["val/psnr_degraded"] + 3
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == states
+    reset_accelerate()
+    with pytest.raises(ConfigError, match="nothing to validate"):
+        validate_only(load_cfg("pgdiff_restorer_tiny.yaml", tiny_overrides(tmp_path / "empty", root)))
+    with pytest.raises(ConfigError, match="data.degradation_options: preset 'gfpgan' has no parameter 'sigma'"):
+        load_cfg("pgdiff_restorer_tiny.yaml", tiny_overrides(out, root, **{"data.degradation": "gfpgan",
+                                                                           "data.degradation_options": {"sigma": 2}}))
+    with pytest.raises(ConfigError, match="max_minutes"):
+        load_cfg("pgdiff_restorer_tiny.yaml", tiny_overrides(out, root, max_minutes=0))
+
+
 # ------------------------------------------------- adding a stage: a two-optimiser (GAN-style) toy stage
 
 

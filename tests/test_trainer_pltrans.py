@@ -184,3 +184,45 @@ def test_accelerate_launch_runs_a_pltrans_stage(tmp_path):
     loaded = load_model(out / "export" / "model.safetensors", cache=False)
     assert loaded.architecture == "vqgan_dictionary" and loaded.config.n_embed == 64
     assert "pltrans_dictionary" in (out / "export" / "README.md").read_text()
+
+
+@pytest.mark.data
+def test_small_run_script_chains_the_cpu_configs(tmp_path):
+    """trainer/small_runs.sh (SCALE=cpu): the three 64 px PLTrans stages, each from the last one's export."""
+    if not SHARED_HQ.is_dir():
+        pytest.skip(f"needs the shared HQ faces at {SHARED_HQ}")
+    installed = Path.home() / ".cache" / "bfr" / "metrics" / "lpips_alex.safetensors"  # the CPU recipes use LPIPS
+    if not installed.is_file():
+        pytest.skip("needs the LPIPS-AlexNet weights (python -m bfr_core.metrics lpips --download)")
+    (Path(os.environ["BFR_HOME"]) / "metrics").mkdir(parents=True, exist_ok=True)
+    shutil.copy(installed, Path(os.environ["BFR_HOME"]) / "metrics" / installed.name)
+    out = tmp_path / "runs"
+    env = {**os.environ, "SCALE": "cpu", "METHODS": "pltrans", "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "trainer" / "small_runs.sh"), str(SHARED_HQ), str(out), "max_steps=2",
+                           "max_minutes=null", "log.every=1", "log.val_every=2", "log.tracker=none"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "pltrans chain exit 0" in proc.stdout, proc.stdout + proc.stderr
+    for stage in ("pltrans_dictionary", "pltrans_regularizer", "pltrans_restoration"):
+        assert (out / stage / "export" / "model.safetensors").is_file(), (out / f"{stage}.log").read_text()[-2000:]
+    assert "from the dictionary " + str(out / "pltrans_dictionary") in (out / "pltrans_regularizer.log").read_text()
+    rows = [json.loads(line) for line in (out / "pltrans_restoration" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/psnr_restored" in r][-1]
+    assert val["step"] == 2 and 0 < val["val/psnr_degraded"] < 60  # held-out faces, degraded as configured
+
+
+def test_plot_runs_draws_loss_and_validation_curves(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bfr_core.errors import InputError
+    from trainer.plot_runs import last_validation, main, read_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": s, "train/loss": 1.0 / s} for s in (10, 20, 30)]
+    rows += [{"step": s, "val/psnr_restored": 20 + s / 10, "val/psnr_degraded": 21.0, "val/lpips_restored": 0.5 - s / 100,
+              "val/lpips_degraded": 0.4} for s in (20, 30)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert last_validation(read_metrics(run))["val/psnr_restored"] == 23.0
+    assert main([str(run), "-o", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(InputError, match="metrics.jsonl"):
+        read_metrics(tmp_path / "missing")

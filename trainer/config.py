@@ -362,6 +362,9 @@ class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
     max_steps: int = 1000
+    # wall-clock budget of this invocation: at the first step past it the run validates, saves and exports as if
+    # max_steps were reached (a later run with the same output_dir resumes towards max_steps)
+    max_minutes: float | None = None
     batch_size: int = 4  # per process, per micro-batch
     grad_accum: int = 1
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
@@ -380,6 +383,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check(self.max_steps >= 1, f"max_steps must be ≥ 1, got {self.max_steps}")
+        check(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0, got {self.max_minutes}")
         check(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}")
         check(self.grad_accum >= 1, f"grad_accum must be ≥ 1, got {self.grad_accum}")
 
@@ -404,6 +408,9 @@ def validate(raw: Mapping[str, Any]) -> TrainConfig:
     cfg.stage_options = from_dict(stage.options, options, "stage_options")
     for name in cfg.optim_overrides:
         cfg.optim_for(name)
+    from .data import build_degradation
+
+    build_degradation(cfg.data)  # unknown degradation options fail here, before any model is built
     stage.check_config(cfg)
     return cfg
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from bfr_core.errors import InputError
 from bfr_core.imageio import IMAGE_SUFFIXES
 from bfr_core.seeding import derive_seed, make_generator
 
@@ -81,7 +82,10 @@ def _from_bfr_core(preset: str) -> Callable[[dict[str, Any]], DegradeFn]:
             from bfr_core import degrade
         except ImportError as e:
             raise ConfigError(f"data.degradation={preset!r} needs bfr_core.degrade, which could not be imported ({e}).") from e
-        return degrade.training_degradation(preset, **options)
+        try:
+            return degrade.training_degradation(preset, **options)
+        except InputError as e:
+            raise ConfigError(f"data.degradation_options: {e}") from None
 
     return build
 

@@ -56,6 +56,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_by: str | None = None  # the signal name when a SIGTERM/SIGINT stopped the run
+    out_of_time: bool = False  # max_minutes ended the run before max_steps (it was still exported)
     hub_commit: str | None = None
 
 
@@ -242,6 +243,7 @@ class Trainer:
 
         self.step = 0
         self.metrics: dict[str, float] = {}
+        self.data_wait = 0.0  # seconds spent in next(loader) since the last log line
         self.history: list[dict[str, float]] = []
         if self.resume_from is not None:
             self._load(self.resume_from)
@@ -322,7 +324,10 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         for k in range(accum):
             micro = self.step * accum + k
-            batch = self._batch_to_device(next(batches), f"degrade/{self.rank}/{micro}")
+            t0 = time.perf_counter()
+            raw = next(batches)
+            self.data_wait += time.perf_counter() - t0
+            batch = self._batch_to_device(raw, f"degrade/{self.rank}/{micro}")
             ctx.micro = micro
             ctx.generator = make_generator(self.cfg.seed, self.device, stream=f"step/{self.rank}/{micro}")
             # Layers that draw from the global RNG (dropout) get a stream of their own per micro-batch too.
@@ -463,12 +468,12 @@ class Trainer:
                  len(self.train_set), len(self.val_set), cfg.batch_size, cfg.grad_accum, self.world,
                  ", ".join(self.loss_labels) or "stage objective")
 
-    def _should_stop(self, signals: StopSignals) -> bool:
-        stop = signals.received is not None
-        if self.world > 1:  # every process must stop at the same step
-            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
-            stop = bool(self.accelerator.gather(flag).max() > 0)
-        return stop
+    def _agree(self, flag: bool) -> bool:
+        """True on every process when it is true on any (so that all of them stop at the same step)."""
+        if self.world > 1:
+            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            flag = bool(self.accelerator.gather(t).max() > 0)
+        return flag
 
     def run(self, *, export: bool = True, push_to_hub: str | None = None) -> TrainResult:
         """Train to ``max_steps`` (or until a stop signal), save, then export and publish."""
@@ -494,7 +499,9 @@ class Trainer:
                    disable=not (acc.is_main_process and cfg.log.progress_bar))
         sums: dict[str, torch.Tensor] = {}
         n_sum, t0, images_per_step = 0, time.perf_counter(), cfg.batch_size * cfg.grad_accum * self.world
+        self.data_wait = 0.0
         saved_at = self.step
+        deadline = None if cfg.max_minutes is None else time.monotonic() + 60.0 * cfg.max_minutes
         with StopSignals() as signals:
             while self.step < cfg.max_steps:
                 out = self._train_step(batches)
@@ -502,7 +509,11 @@ class Trainer:
                     sums[k] = sums[k] + v if k in sums else v
                 n_sum += 1
                 bar.update(1)
-                last = self.step == cfg.max_steps
+                if deadline is not None and self._agree(time.monotonic() > deadline) and self.step < cfg.max_steps:
+                    result.out_of_time = True
+                    log.info("max_minutes (%g) reached at step %d of %d: validating, saving and exporting now",
+                             cfg.max_minutes, self.step, cfg.max_steps)
+                last = self.step == cfg.max_steps or result.out_of_time
                 if self.step % cfg.log.every == 0 or last:
                     keys = list(sums)
                     means = acc.reduce(torch.stack([sums[k] / n_sum for k in keys]), "mean").tolist()
@@ -514,24 +525,28 @@ class Trainer:
                             f"train in fp32 (mixed_precision=no). The last good state is {ckpt.latest_state(self.ckpt_dir)}."
                         )
                     values["train/images_per_s"] = n_sum * images_per_step / max(elapsed, 1e-9)
+                    # share of the time spent waiting for the loader: near 1 means the data pipeline is the limit
+                    values["train/data_wait"] = self.data_wait / max(elapsed, 1e-9)
                     for name, sched in self.schedulers.items():
                         values[f"lr/{name}"] = sched.get_last_lr()[0]
                     self._log(values)
                     bar.set_postfix(loss=f"{values.get('train/loss', means[0]):.4g}",
                                     img_s=f"{values['train/images_per_s']:.1f}")
-                    sums, n_sum, t0 = {}, 0, time.perf_counter()
+                    sums, n_sum, t0, self.data_wait = {}, 0, time.perf_counter(), 0.0
                 if self.step % cfg.log.sample_every == 0 or last:
                     self.sample_grid()
                 if (self.step % cfg.log.val_every == 0 or last) and len(self.val_set):
                     metrics = self.validate()
                     if metrics:
                         self._log(metrics)
-                stop = self._should_stop(signals)
+                stop = self._agree(signals.received is not None)
                 if self.step % cfg.checkpoint.every == 0 or last or stop:
                     self.save()
                     saved_at = self.step
                 if stop:
                     result.stopped_by = signals.received or "signal"
+                    break
+                if result.out_of_time:
                     break
         bar.close()
         if saved_at != self.step:
@@ -580,6 +595,24 @@ class Trainer:
 def train(cfg: TrainConfig, *, push_to_hub: str | None = None) -> TrainResult:
     """Run (or resume) one training run to ``max_steps``, then export; see :class:`Trainer`."""
     return Trainer(cfg).run(push_to_hub=push_to_hub or cfg.export.push_to_hub)
+
+
+def validate_only(cfg: TrainConfig) -> TrainResult:
+    """Validate the latest saved state without training or exporting.
+
+    The validation set and degradation come from ``cfg``, so overrides measure a run under other conditions. For
+    example, ``data.degradation_options.scale=4`` fixes the downsampling factor.
+    """
+    trainer = Trainer(cfg)
+    try:
+        if trainer.resume_from is None:
+            raise ConfigError(f"nothing to validate: no training state in {trainer.ckpt_dir}")
+        if not len(trainer.val_set):
+            raise ConfigError("the run has no validation faces (data.val_fraction is 0)")
+        metrics = trainer.validate()
+        return TrainResult(step=trainer.step, output_dir=trainer.out, metrics=metrics)
+    finally:
+        trainer.close()
 
 
 def export_only(cfg: TrainConfig, *, push_to_hub: str | None = None) -> TrainResult:

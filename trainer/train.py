@@ -9,6 +9,7 @@ Also runs as ``python trainer/train.py ...`` on one device. Overrides use dotted
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -31,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="key.sub=value settings applied over the config file")
     p.add_argument("--push_to_hub", metavar="REPO", help="publish the exported weights to this Hub model repo")
     p.add_argument("--export_only", action="store_true", help="export the latest saved state without training")
+    p.add_argument("--validate_only", action="store_true",
+                   help="print the validation metrics of the latest saved state (with this config's degradation, "
+                        "e.g. data.degradation_options.scale=4) without training or exporting")
     p.add_argument("--print_config", action="store_true", help="print the validated config and exit")
     p.add_argument("--list", action="store_true", help="list the registered stages, models, losses and degradations")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -63,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print(dump(cfg), end="")
             return 0
-        from trainer.loop import export_only, train
+        from trainer.loop import export_only, train, validate_only
 
+        if args.validate_only:
+            result = validate_only(cfg)
+            print(json.dumps({"step": result.step, **result.metrics}))
+            return 0
         result = export_only(cfg, push_to_hub=args.push_to_hub) if args.export_only else train(cfg, push_to_hub=args.push_to_hub)
     except BFRError as e:
         log.error("%s", e)

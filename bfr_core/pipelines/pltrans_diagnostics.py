@@ -296,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("images", nargs="+", help="HQ aligned faces (files or folders)")
     ap.add_argument("--out", default=".", help="folder for pltrans_fig4.png, pltrans_fig3.png and pltrans_diagnostics.json")
     ap.add_argument("--levels", default="0,25,50,100,150,200,300,400,500", help="comma-separated perturbation levels n")
+    ap.add_argument("--factors", default=",".join(map(str, DEFAULT_FACTORS)),
+                    help="comma-separated downsampling factors of Fig. 4 (the paper's are for 512 px faces: a 128 px "
+                         "model loses as much at 2,4,8,16); Fig. 3 uses the second")
     ap.add_argument("--s", type=int, default=0)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--n", type=int, default=200, help="perturbation level of the embedding")
@@ -315,8 +318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   align_corners=False).clamp(-1, 1) for f in files]).to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    curves = distance_vs_steps(model, hq, [int(v) for v in args.levels.split(",")], s=args.s, steps=args.steps, seed=args.seed)
-    emb = feature_embedding(model, hq, n=args.n, s=args.s, steps=args.steps, seed=args.seed, method=args.method)
+    factors = [int(v) for v in args.factors.split(",")]
+    if not factors or min(factors) < 1:
+        raise InputError(f"--factors must be positive integers, got {args.factors!r}")
+    degradations = {f"x{f}": downsample_degradation(f) for f in factors}
+    curves = distance_vs_steps(model, hq, [int(v) for v in args.levels.split(",")], degradations=degradations,
+                               s=args.s, steps=args.steps, seed=args.seed)
+    emb = feature_embedding(model, hq, downsample_degradation(factors[min(1, len(factors) - 1)]), n=args.n, s=args.s,
+                            steps=args.steps, seed=args.seed, method=args.method)
     report = {
         "faces": len(files), "levels": curves.levels, "degradations": curves.degradations,
         "mean": curves.mean.tolist(), "std": curves.std.tolist(), "unregularised_mean": curves.unregularised_mean.tolist(),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+import threading
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
@@ -77,6 +78,26 @@ def choice_key(choice: str) -> tuple:
     """Cache key of a weight combo choice: :func:`file_key` of the file it names when that is a local file."""
     spec = _choice_spec(choice)
     return (choice,) if spec in KNOWN else (choice, *file_key(spec))
+
+
+T = TypeVar("T")
+_resident_lock = threading.Lock()
+
+
+def resident(cache: dict[str, tuple[tuple, object]], kind: str, key: tuple, build: Callable[[], T]) -> T:
+    """What the loader nodes keep loaded: one object per ``kind`` in ``cache``, built by ``build``.
+
+    The same ``key`` returns the kept object. Another key builds a new one and frees the old. Keys are made
+    with :func:`choice_key` / :func:`file_key`, so a weights file replaced under the same name is loaded again.
+    """
+    with _resident_lock:
+        hit = cache.get(kind)
+    if hit is not None and hit[0] == key:
+        return hit[1]  # type: ignore[return-value]
+    value = build()
+    with _resident_lock:
+        cache[kind] = (key, value)
+    return value
 
 
 def crops_to_model(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -6,22 +6,20 @@ offline: Load Compact Restorer → Restore Faces (with a face detector) → Save
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
 import torch
 
 from . import _comfy
 from ._comfy import io
-from .common import COMPACT, crops_to_model, load_choice, model_to_crops, precision_input
+from .common import COMPACT, choice_key, crops_to_model, load_choice, model_to_crops, precision_input, resident
 
 if TYPE_CHECKING:
     from bfr_core.pipelines.compact import CompactPipeline
 
 CATEGORY = "BFR/Compact"
 BUILTIN = "built-in (ships with the pack)"
-_pipelines: dict[tuple, "CompactPipeline"] = {}
-_lock = threading.Lock()
+_pipelines: dict[str, tuple[tuple, object]] = {}  # one compact restorer stays loaded (nodes.common.resident)
 
 
 class CompactLoader(io.ComfyNode):
@@ -50,18 +48,13 @@ class CompactLoader(io.ComfyNode):
         from bfr_core.pipelines.compact import CompactPipeline, load_compact
 
         device = _comfy.compute_device()
-        key = (model, precision, str(device))
-        with _lock:
-            pipe = _pipelines.get(key)
-        if pipe is None:
+        def build() -> CompactPipeline:
             if model == BUILTIN:
-                pipe = load_compact(device=device, dtype=precision)
-            else:
-                pipe = CompactPipeline(load_choice(model, "compact_restorer").model, device=device, dtype=precision)
-            with _lock:
-                _pipelines.clear()
-                _pipelines[key] = pipe
-        return io.NodeOutput(pipe)
+                return load_compact(device=device, dtype=precision)
+            return CompactPipeline(load_choice(model, "compact_restorer").model, device=device, dtype=precision)
+
+        source = (model,) if model == BUILTIN else choice_key(model)
+        return io.NodeOutput(resident(_pipelines, "compact", (*source, precision, str(device)), build))
 
 
 class CompactRestore(io.ComfyNode):

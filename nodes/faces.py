@@ -15,7 +15,6 @@ matches) and its frontend connects any of them. The value is then checked agains
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -33,7 +32,7 @@ from bfr_core.weights import KNOWN, PackagedSource
 
 from . import _comfy
 from ._comfy import io
-from .common import FACE_DETECTOR, FACE_PARSER, FACE_RESTORERS, FACES, file_key
+from .common import FACE_DETECTOR, FACE_PARSER, FACE_RESTORERS, FACES, file_key, resident
 
 if TYPE_CHECKING:
     from bfr_core.pipelines.base import FaceRestorer
@@ -48,8 +47,7 @@ DETECTOR_IDS = ("retinaface-resnet50", "retinaface-mobilenet0.25", "yunet", "mtc
 PARSER_IDS = ("parsing-parsenet", "parsing-bisenet")
 NO_FACE = ("pass through (warn)", "error")
 
-_cache: dict[tuple, torch.nn.Module] = {}
-_lock = threading.Lock()
+_cache: dict[str, tuple[tuple, object]] = {}  # one detector and one parser stay loaded (nodes.common.resident)
 
 
 # ------------------------------------------------------------------------------------------------ weights
@@ -75,19 +73,6 @@ def _resolve(choice: str):
     if entry is not None:
         log.info("BFR: %s", entry.licence_notice())
     return path
-
-
-def _cached(key: tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """One detector and one parser stay loaded; choosing another file replaces (and frees) the old one."""
-    with _lock:
-        net = _cache.get(key)
-    if net is None:
-        net = build()
-        with _lock:
-            for old in [k for k in _cache if k[0] == key[0]]:
-                del _cache[old]
-            _cache[key] = net
-    return net
 
 
 @dataclass
@@ -146,7 +131,7 @@ class FaceDetectorLoader(io.ComfyNode):
         from bfr_core.faces import load_detector
 
         path = _resolve(detector)
-        net = _cached(("detector", *file_key(path), kind), lambda: load_detector(path, kind))
+        net = resident(_cache, "detector", (*file_key(path), kind), lambda: load_detector(path, kind))
         log.info("BFR: face detector %s (%s)", path.name, net.kind)
         return io.NodeOutput(PlacedNet(net, device == "cpu", working_size or None))
 
@@ -177,7 +162,7 @@ class FaceParserLoader(io.ComfyNode):
         from bfr_core.faces.parsing import load_parser
 
         path = _resolve(parser)
-        net = _cached(("parser", *file_key(path)), lambda: load_parser(path))
+        net = resident(_cache, "parser", file_key(path), lambda: load_parser(path))
         return io.NodeOutput(PlacedNet(net, device == "cpu"))
 
 

@@ -15,7 +15,6 @@ samples, under ``torch.inference_mode(False)`` (the core clones inference-mode i
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -38,6 +37,7 @@ from .common import (
     load_choice,
     model_to_crops,
     precision_input,
+    resident,
     weight_choices,
 )
 
@@ -67,20 +67,16 @@ TASKS = {
 }
 
 _cache: dict[str, tuple[tuple, object]] = {}
-_lock = threading.Lock()
 
 
 def _cached(kind: str, key: tuple, build: Callable[[], object]) -> object:
     """One resident object per kind (prior, restorer, ...): loading other weights frees the old ones."""
-    with _lock:
-        hit = _cache.get(kind)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    with torch.inference_mode(False):  # weights that gradients may flow through (see the module docstring)
-        value = build()
-    with _lock:
-        _cache[kind] = (key, value)
-    return value
+
+    def build_outside_inference_mode() -> object:
+        with torch.inference_mode(False):  # weights that gradients may flow through (see the module docstring)
+            return build()
+
+    return resident(_cache, kind, key, build_outside_inference_mode)
 
 
 def _frozen(choice: str, architecture: str) -> torch.nn.Module:

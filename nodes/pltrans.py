@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
 import torch
@@ -11,14 +10,14 @@ from bfr_core.seeding import MAX_SEED
 
 from . import _comfy
 from ._comfy import io
-from .common import PLTRANS, crops_to_model, load_choice, model_to_crops, precision_input, weight_choices
+from .common import (PLTRANS, choice_key, crops_to_model, load_choice, model_to_crops, precision_input, resident,
+                     weight_choices)
 
 if TYPE_CHECKING:
     from bfr_core.pipelines.pltrans import PLTransPipeline
 
 CATEGORY = "BFR/PLTrans"
-_pipelines: dict[tuple, "PLTransPipeline"] = {}
-_lock = threading.Lock()
+_pipelines: dict[str, tuple[tuple, object]] = {}  # one PLTrans stays loaded (nodes.common.resident)
 
 
 def _chain_inputs() -> list:
@@ -54,14 +53,8 @@ class PLTransLoader(io.ComfyNode):
         from bfr_core.pipelines.pltrans import PLTransPipeline
 
         device = _comfy.compute_device()
-        key = (model, precision, str(device))
-        with _lock:
-            pipe = _pipelines.get(key)
-        if pipe is None:
-            pipe = PLTransPipeline(load_choice(model, "pltrans").model, device=device, dtype=precision)
-            with _lock:
-                _pipelines.clear()
-                _pipelines[key] = pipe
+        pipe = resident(_pipelines, "pltrans", (*choice_key(model), precision, str(device)),
+                        lambda: PLTransPipeline(load_choice(model, "pltrans").model, device=device, dtype=precision))
         pipe.n, pipe.s, pipe.steps = n, s, steps
         return io.NodeOutput(pipe)
 

@@ -3,7 +3,6 @@ the inverted-image preview, and a one-node restore for the common case."""
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,13 +11,13 @@ from bfr_core.seeding import MAX_SEED
 
 from . import _comfy
 from ._comfy import io
-from .common import FEATURE_BANK, VSPBFR, WPLUS, crops_to_model, load_choice, model_to_crops, precision_input, weight_choices
+from .common import (FEATURE_BANK, VSPBFR, WPLUS, choice_key, crops_to_model, load_choice, model_to_crops, precision_input,
+                     resident, weight_choices)
 
 if TYPE_CHECKING:  # the models are imported when a node runs, not when ComfyUI lists the nodes
     from bfr_core.pipelines.vspbfr import FeatureBank, VSPBFRPipeline
 
-_pipelines: dict[tuple, "VSPBFRPipeline"] = {}
-_lock = threading.Lock()
+_pipelines: dict[str, tuple[tuple, object]] = {}  # one VSPBFR stays loaded (nodes.common.resident)
 
 CATEGORY = "BFR/VSPBFR"
 
@@ -71,21 +70,18 @@ class VSPBFRLoader(io.ComfyNode):
     @classmethod
     def execute(cls, style_encoder: str, code_diffuser: str, restorer: str, precision: str, sampler: str) -> io.NodeOutput:
         device = _comfy.compute_device()
-        key = (style_encoder, code_diffuser, restorer, precision, sampler, str(device))
-        with _lock:
-            pipe = _pipelines.get(key)
-        if pipe is None:
+
+        def build() -> VSPBFRPipeline:
             from bfr_core.pipelines.vspbfr import VSPBFRPipeline
 
             enc = load_choice(style_encoder, "vspbfr_e4e_encoder").model
             dec = load_choice(style_encoder, "stylegan2_generator").model
             diff = load_choice(code_diffuser, "vspbfr_code_diffuser").model
             rest = load_choice(restorer, "vspbfr_restoration_net").model
-            pipe = VSPBFRPipeline(enc, dec, diff, rest, device=device, dtype=precision, sampler=sampler.split()[0])
-            with _lock:
-                _pipelines.clear()  # one VSPBFR resident at a time: switching weights frees the old ones
-                _pipelines[key] = pipe
-        return io.NodeOutput(pipe)
+            return VSPBFRPipeline(enc, dec, diff, rest, device=device, dtype=precision, sampler=sampler.split()[0])
+
+        key = (choice_key(style_encoder), choice_key(code_diffuser), choice_key(restorer), precision, sampler, str(device))
+        return io.NodeOutput(resident(_pipelines, "vspbfr", key, build))
 
 
 class VSPBFRStyleEncoder(io.ComfyNode):

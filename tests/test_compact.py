@@ -137,3 +137,25 @@ def test_comfy_loader_offers_the_builtin_model_and_restore_faces_takes_it(pack):
     assert out.shape == (2, 32, 32, 4) and out.min() >= 0 and out.max() <= 1
     from_file = harness.run(loader, model="tiny_compact.safetensors", precision="fp32").args[0]
     torch.testing.assert_close(from_file.restore_faces(torch.zeros(1, 3, 32, 32)), pipe.restore_faces(torch.zeros(1, 3, 32, 32)))
+
+
+def test_loader_keeps_one_model_and_reloads_a_file_replaced_under_the_same_name(pack, tmp_path):
+    """The loader cache (nodes.common.resident) is keyed by the file's identity, not only by its name."""
+    import os
+
+    from bfr_core.weights import save_model
+    from tests import comfy_harness as harness
+
+    path = tmp_path / "comfy" / "models" / "bfr" / "tiny_compact.safetensors"
+    loader = pack["BFRCompactLoader"]
+    first = harness.run(loader, model=path.name, precision="fp32").args[0]
+    assert harness.run(loader, model=path.name, precision="fp32").args[0] is first
+    changed = tiny_compact()
+    with torch.no_grad():
+        next(changed.parameters()).add_(1.0)
+    save_model(changed, path, "compact_restorer")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a new mtime even on coarse clocks
+    second = harness.run(loader, model=path.name, precision="fp32").args[0]
+    assert second is not first
+    torch.testing.assert_close(next(second.model.parameters()), next(changed.parameters()))

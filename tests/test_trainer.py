@@ -639,6 +639,28 @@ def real_config(name: str, out: Path, **overrides):
     return load_cfg(name, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in items.items()])
 
 
+def assert_resumes_exactly(tmp_path: Path, config: str, overrides: dict) -> None:
+    """A run stopped after step 2 and resumed ends where an unbroken 4-step run ends: same exported weights and
+    the same last training loss (stage tests of every method use this)."""
+    from trainer.loop import train
+
+    def run(out: Path, steps: int):
+        reset_accelerate()
+        return train(real_config(config, out, max_steps=steps, **overrides, **{
+            "checkpoint.every": 2, "log.every": 1, "log.num_samples": 0, "data.val_fraction": 0}))
+
+    whole = run(tmp_path / "whole", 4)
+    run(tmp_path / "parts", 2)
+    resumed = run(tmp_path / "parts", 4)
+    assert_same_tensors(read_tensors(tmp_path / "whole" / "export" / "model.safetensors"),
+                        read_tensors(tmp_path / "parts" / "export" / "model.safetensors"))
+
+    def last_loss(result) -> float:
+        return [h for h in result.history if h["step"] == 4 and "train/loss" in h][0]["train/loss"]
+
+    assert last_loss(whole) == last_loss(resumed)
+
+
 def _degradation() -> str:
     try:
         from bfr_core import degrade  # noqa: F401

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from .test_trainer import fresh_accelerate  # noqa: F401 - autouse: a clean Accelerate state per test
-from .test_trainer import CONFIGS, REPO, SHARED_HQ, real_config, reset_accelerate
+from .test_trainer import CONFIGS, REPO, SHARED_HQ, assert_resumes_exactly, real_config, reset_accelerate
 
 
 
@@ -126,22 +126,7 @@ RESUME = {  # every stage from random weights, with its GAN phase or calibration
 def test_stage_resumes_exactly(tmp_path, config):
     """Stopped after step 2 and resumed, each stage (per-batch chains, GAN phases, the latent_scale calibration
     at the resume point) ends where an unbroken 4-step run ends."""
-    from safetensors.torch import load_file
-
-    from trainer.loop import train
-
-    def run(out: Path, steps: int):
-        reset_accelerate()
-        return train(real_config(config, out, max_steps=steps, **RESUME[config], **{
-            "checkpoint.every": 2, "log.every": 1, "log.num_samples": 0, "data.val_fraction": 0}))
-
-    whole = run(tmp_path / "whole", 4)
-    run(tmp_path / "parts", 2)
-    resumed = run(tmp_path / "parts", 4)
-    a = load_file(str(tmp_path / "whole" / "export" / "model.safetensors"))
-    b = load_file(str(tmp_path / "parts" / "export" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _series(whole, "train/loss")[-1] == _series(resumed, "train/loss")[-1]
+    assert_resumes_exactly(tmp_path, config, RESUME[config])
 
 
 def test_vgg_feature_loss_is_eq10s_perceptual_term():

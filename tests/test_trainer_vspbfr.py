@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from .test_trainer import fresh_accelerate  # noqa: F401 - autouse: a clean Accelerate state per test
-from .test_trainer import real_config, reset_accelerate
+from .test_trainer import assert_resumes_exactly, real_config, reset_accelerate
 
 
 
@@ -221,20 +221,4 @@ RESUME = {
 @pytest.mark.parametrize("config", RESUME)
 def test_stage_resumes_exactly(tmp_path, config):
     """Stopped after step 2 and resumed, the stage ends where an unbroken 4-step run ends (weights and loss)."""
-    from safetensors.torch import load_file
-
-    from trainer.loop import train
-
-    def run(out: Path, steps: int):
-        reset_accelerate()
-        return train(real_config(config, out, max_steps=steps, **RESUME[config], **{
-            "checkpoint.every": 2, "log.every": 1, "log.num_samples": 0, "data.val_fraction": 0}))
-
-    whole = run(tmp_path / "whole", 4)
-    run(tmp_path / "parts", 2)
-    resumed = run(tmp_path / "parts", 4)
-    a = load_file(str(tmp_path / "whole" / "export" / "model.safetensors"))
-    b = load_file(str(tmp_path / "parts" / "export" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [h for h in whole.history if h["step"] == 4 and "train/loss" in h][0]["train/loss"] == \
-        [h for h in resumed.history if h["step"] == 4 and "train/loss" in h][0]["train/loss"]
+    assert_resumes_exactly(tmp_path, config, RESUME[config])

@@ -468,12 +468,13 @@ class Trainer:
                  len(self.train_set), len(self.val_set), cfg.batch_size, cfg.grad_accum, self.world,
                  ", ".join(self.loss_labels) or "stage objective")
 
-    def _agree(self, flag: bool) -> bool:
-        """True on every process when it is true on any (so that all of them stop at the same step)."""
+    def _agree(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag true on every process when it is true on any (so that all of them stop at the same step);
+        one collective for all flags."""
         if self.world > 1:
-            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-            flag = bool(self.accelerator.gather(t).max() > 0)
-        return flag
+            t = torch.tensor([[1.0 if f else 0.0 for f in flags]], device=self.device)
+            flags = tuple(bool(v) for v in self.accelerator.gather(t).amax(0) > 0)
+        return flags
 
     def run(self, *, export: bool = True, push_to_hub: str | None = None) -> TrainResult:
         """Train to ``max_steps`` (or until a stop signal), save, then export and publish."""
@@ -509,7 +510,9 @@ class Trainer:
                     sums[k] = sums[k] + v if k in sums else v
                 n_sum += 1
                 bar.update(1)
-                if deadline is not None and self._agree(time.monotonic() > deadline) and self.step < cfg.max_steps:
+                stop, late = self._agree(signals.received is not None,
+                                         deadline is not None and time.monotonic() > deadline)
+                if late and self.step < cfg.max_steps:
                     result.out_of_time = True
                     log.info("max_minutes (%g) reached at step %d of %d: validating, saving and exporting now",
                              cfg.max_minutes, self.step, cfg.max_steps)
@@ -539,14 +542,12 @@ class Trainer:
                     metrics = self.validate()
                     if metrics:
                         self._log(metrics)
-                stop = self._agree(signals.received is not None)
                 if self.step % cfg.checkpoint.every == 0 or last or stop:
                     self.save()
                     saved_at = self.step
                 if stop:
                     result.stopped_by = signals.received or "signal"
-                    break
-                if result.out_of_time:
+                if stop or result.out_of_time:
                     break
         bar.close()
         if saved_at != self.step:

@@ -113,6 +113,29 @@ def test_vq_forward_straight_through_and_losses():
         model(torch.zeros(1, 3, 16, 16))
 
 
+def test_dead_codes_restart_on_encoder_outputs():
+    q = vq.VectorQuantizer(6, 2)
+    with torch.no_grad():
+        q.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0], [50.0, 50.0], [60.0, 60.0],
+                                               [70.0, 70.0], [80.0, 80.0]]))
+    z = torch.tensor([[0.1, 0.0], [9.9, 0.1], [0.0, 0.2], [10.2, 0.0], [1.0, 1.0]]).t().reshape(1, 2, 5, 1)
+    before = q.embedding.weight.clone()
+    used_elsewhere = torch.tensor([False, False, False, True, False, False])  # another process's batch uses code 3
+    dead = q.restart_unused(z, torch.Generator().manual_seed(0), used_elsewhere)
+    assert dead.tolist() == [2, 4, 5]
+    w = q.embedding.weight
+    assert torch.equal(w[[0, 1, 3]], before[[0, 1, 3]])  # used codes stay
+    vectors = z.reshape(2, 5).t()
+    rows = [next(i for i in range(5) if torch.equal(w[c], vectors[i])) for c in (2, 4, 5)]  # moved onto z's vectors
+    assert len(set(rows)) == 3  # distinct vectors while there are enough
+    again = vq.VectorQuantizer(6, 2)
+    again.embedding.weight.data.copy_(before)
+    again.restart_unused(z, torch.Generator().manual_seed(0), used_elsewhere)
+    assert torch.equal(again.embedding.weight, w)  # the generator alone decides
+    assert q.restart_unused(z[:, :, :1], torch.Generator().manual_seed(1)).numel() == 5  # more dead codes than vectors
+    assert torch.isfinite(q.embedding.weight).all()
+
+
 # -- wavelets ----------------------------------------------------------------------------------------------------
 
 

@@ -137,6 +137,9 @@ def test_configs_validate_and_name_mistakes(tmp_path):
         (["optim_overrides.d.lr=1"], "not trained by"),
         (["losses.7.weight=1"], "not an index"),
         (["data.description=yes"], "quote the word"),
+        (["data.augment.scale=[1.1, 0.9]"], "data.augment.scale must be 0 < low ≤ high"),
+        (["data.augment.zoom=2"], "data.augment.zoom: unknown setting"),
+        (["data.augment.hue=0.7"], "hue ≤ 0.5"),
     ]
     for overrides, match in cases:
         with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace(".", r"\.")):
@@ -218,6 +221,45 @@ def test_loader_output_does_not_depend_on_workers(tmp_path):
         out[workers] = [next(it) for _ in range(3)]
     for x, y in zip(out[0], out[2]):
         assert torch.equal(x["lq"], y["lq"]) and torch.equal(x["index"], y["index"])
+
+
+def test_augmentation_is_reproducible_measured_and_never_touches_validation(tmp_path):
+    from trainer.config import AugmentConfig, DataConfig
+    from trainer.data import FaceFolder, augment_face, list_faces
+    from trainer.stages.compact import build_held_out
+
+    # a zoom of exactly 2 about the centre doubles a centred square (a 16 px square of a 64 px source → 32 px
+    # of 64 → 16 px of the 32 px output, where without the zoom it would be 8 px)
+    src = torch.zeros(3, 64, 64)
+    src[:, 24:40, 24:40] = 1
+    gen = torch.Generator().manual_seed(0)
+    zoomed = augment_face(src, AugmentConfig(scale=(2.0, 2.0)), gen, 32)
+    plain = augment_face(src, AugmentConfig(), gen, 32)
+    assert zoomed.shape == plain.shape == (3, 32, 32)
+    assert abs(float(zoomed[0].sum()) - 16 * 16) < 8 and abs(float(plain[0].sum()) - 8 * 8) < 4
+    assert float(zoomed[0, 16, 9]) > 0.9 and float(plain[0, 16, 9]) < 0.1
+
+    # brightness alone: one offset per face within ±0.1, drawn from the item's generator
+    face = torch.full((3, 16, 16), 0.5)
+    shifts = {round(float(augment_face(face, AugmentConfig(brightness=0.1), torch.Generator().manual_seed(k), 16)
+                          .sub(face).unique().item()), 6) for k in range(4)}
+    assert len(shifts) == 4 and all(abs(v) <= 0.1 for v in shifts)
+
+    root = make_faces(tmp_path / "faces", 4)
+    cfg = AugmentConfig(scale=(0.9, 1.1), rotate=5, translate=0.05, contrast=0.1, saturation=0.1, hue=0.02)
+    ds = FaceFolder(list_faces(root), 32, seed=3, stream="train", hflip=True, cache=True, augment=cfg)
+    a, b = ds[(1, 4)]["hq"], ds[(1, 4)]["hq"]
+    assert torch.equal(a, b) and a.shape == (3, 32, 32) and a.min() >= -1 and a.max() <= 1
+    assert not torch.equal(ds[(1, 5)]["hq"], a)  # another epoch, another draw
+    no_aug = FaceFolder(list_faces(root), 32, seed=3, stream="train", hflip=True, augment=AugmentConfig())
+    assert no_aug.augment is None  # all-zero settings are no augmentation (and draw nothing)
+
+    names = ["00008.png", "a.png", "b.png", "c.png"]  # 00008.png is one of compact_eval.HELD_OUT
+    held = make_faces(tmp_path / "held", 4)
+    for (p, _), name in zip(list_faces(held), names):
+        p.rename(held / name)
+    train, val = build_held_out(DataConfig(root=str(held), size=32, augment=cfg), 0, None)
+    assert train.augment is cfg and val.augment is None and [p.name for p, _ in val.files] == ["00008.png"]
 
 
 @pytest.mark.data
@@ -639,9 +681,9 @@ def real_config(name: str, out: Path, **overrides):
     return load_cfg(name, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in items.items()])
 
 
-def assert_resumes_exactly(tmp_path: Path, config: str, overrides: dict) -> None:
+def assert_resumes_exactly(tmp_path: Path, config: str, overrides: dict) -> tuple:
     """A run stopped after step 2 and resumed ends where an unbroken 4-step run ends: same exported weights and
-    the same last training loss (stage tests of every method use this)."""
+    the same last training loss (stage tests of every method use this). → (unbroken, resumed) results."""
     from trainer.loop import train
 
     def run(out: Path, steps: int):
@@ -659,6 +701,7 @@ def assert_resumes_exactly(tmp_path: Path, config: str, overrides: dict) -> None
         return [h for h in result.history if h["step"] == 4 and "train/loss" in h][0]["train/loss"]
 
     assert last_loss(whole) == last_loss(resumed)
+    return whole, resumed
 
 
 def _degradation() -> str:

@@ -115,7 +115,8 @@ def test_three_stages_chain_through_their_exports(tmp_path, caplog):
 
 
 RESUME = {  # every stage from random weights, with its GAN phase or calibration inside the short run
-    "pltrans_dictionary_tiny.yaml": {"stage_options.disc_start": 1},
+    "pltrans_dictionary_tiny.yaml": {"stage_options.disc_start": 1, "stage_options.restart_every": 2,
+                                     "stage_options.restart_until": 4},  # dead codes restart at steps 0 and 2
     "pltrans_regularizer_tiny.yaml": {"models.model.dictionary": None, "stage_options.warmup_steps": 2},
     "pltrans_restoration_tiny.yaml": {"models.restorer.init": None, "stage_options.disc_start": 1},
 }
@@ -125,8 +126,12 @@ RESUME = {  # every stage from random weights, with its GAN phase or calibration
 @pytest.mark.parametrize("config", RESUME)
 def test_stage_resumes_exactly(tmp_path, config):
     """Stopped after step 2 and resumed, each stage (per-batch chains, GAN phases, the latent_scale calibration
-    at the resume point) ends where an unbroken 4-step run ends."""
-    assert_resumes_exactly(tmp_path, config, RESUME[config])
+    and a dead-code restart at the resume point) ends where an unbroken 4-step run ends."""
+    whole, resumed = assert_resumes_exactly(tmp_path, config, RESUME[config])
+    if "stage_options.restart_every" in RESUME[config]:  # the restart at step 2 (logged as step 3) moved codes
+        for result in (whole, resumed):
+            restarted = {h["step"]: h["train/restarted_codes"] for h in result.history if "train/restarted_codes" in h}
+            assert restarted[3] > 0 and restarted[4] == 0
 
 
 def test_vgg_feature_loss_is_eq10s_perceptual_term():

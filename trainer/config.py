@@ -230,6 +230,39 @@ class LossSpec:
 
 
 @dataclass
+class AugmentConfig:
+    """Random zoom, rotation, shift and colour changes of each training face (before it is degraded).
+
+    All off by default: aligned-face training normally flips only. Small sets of a few dozen faces need them,
+    or a model learns those faces rather than faces (README "Training at small scale"). Validation faces are
+    never augmented.
+    """
+
+    scale: tuple[float, float] = (1.0, 1.0)  # zoom factor range (> 1 zooms in)
+    rotate: float = 0.0  # degrees, uniform in ±rotate
+    translate: float = 0.0  # shift, uniform in ±translate × size, per axis
+    brightness: float = 0.0  # added, uniform in ±brightness
+    contrast: float = 0.0  # factor, uniform in 1 ± contrast
+    saturation: float = 0.0  # factor, uniform in 1 ± saturation
+    hue: float = 0.0  # shift, uniform in ±hue turns of the colour circle (≤ 0.5)
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.scale[0] <= self.scale[1], f"data.augment.scale must be 0 < low ≤ high, got {self.scale}")
+        check(min(self.rotate, self.translate, self.brightness, self.contrast, self.saturation, self.hue) >= 0,
+              "data.augment: rotate, translate, brightness, contrast, saturation and hue must be ≥ 0")
+        check(self.translate <= 0.5 and self.contrast < 1 and self.saturation <= 1 and self.hue <= 0.5,
+              "data.augment: need translate ≤ 0.5, contrast < 1, saturation ≤ 1 and hue ≤ 0.5")
+
+    @property
+    def geometric(self) -> bool:
+        return self.scale != (1.0, 1.0) or self.rotate > 0 or self.translate > 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.geometric or max(self.brightness, self.contrast, self.saturation, self.hue) > 0
+
+
+@dataclass
 class DataConfig:
     """Where the faces come from and how they are degraded."""
 
@@ -240,6 +273,7 @@ class DataConfig:
     val_max: int = 256  # cap on the validation images
     max_images: int | None = None  # use only the first N (after the split), for small runs
     hflip: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     degradation: str = "realesrgan"
     degradation_options: dict[str, Any] = field(default_factory=dict)
     degrade_on: Literal["worker", "device"] = "worker"  # per image in the loader workers, or per batch on the GPU

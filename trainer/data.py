@@ -25,7 +25,7 @@ from bfr_core.errors import InputError
 from bfr_core.imageio import IMAGE_SUFFIXES
 from bfr_core.seeding import derive_seed, make_generator
 
-from .config import ConfigError, DataConfig, check
+from .config import AugmentConfig, ConfigError, DataConfig, check
 from .registry import DATASETS, DEGRADATIONS
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,46 @@ def align_photos(cfg: DataConfig, cache_dir: Path, device: torch.device | str = 
     return cache_dir
 
 
+# ----------------------------------------------------------------------------------------- augmentation
+
+
+def augment_face(img: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, size: int) -> torch.Tensor:
+    """One face (3, S, S) in [0, 1] → (3, size, size): the random warp and colour changes of ``cfg``.
+
+    The parameters come from ``gen`` (the item's generator), never from the global RNG that
+    kornia.augmentation would use, so items stay reproducible. The warp samples a source of twice the
+    output size and then halves it with an antialiased resize, so that the warped face is no blurrier than
+    an unwarped one; borders are reflected.
+    """
+    from kornia.enhance import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
+    from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=gen))
+
+    x = img[None]
+    if cfg.geometric:
+        src = x.shape[-1]
+        zoom = torch.tensor([uniform(*cfg.scale)] * 2)[None]
+        angle = torch.tensor([uniform(-cfg.rotate, cfg.rotate)])
+        shift = torch.tensor([uniform(-cfg.translate, cfg.translate), uniform(-cfg.translate, cfg.translate)]) * src
+        centre = torch.full((1, 2), (src - 1) / 2)
+        m = get_rotation_matrix2d(centre, angle, zoom)
+        m[:, :, 2] += shift
+        x = warp_affine(x, m, (src, src), mode="bilinear", padding_mode="reflection", align_corners=True)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if cfg.brightness:
+        x = adjust_brightness(x, uniform(-cfg.brightness, cfg.brightness))
+    if cfg.contrast:
+        x = adjust_contrast(x, uniform(1 - cfg.contrast, 1 + cfg.contrast))
+    if cfg.saturation:
+        x = adjust_saturation(x, uniform(1 - cfg.saturation, 1 + cfg.saturation))
+    if cfg.hue:
+        x = adjust_hue(x, uniform(-cfg.hue, cfg.hue) * 2 * np.pi)
+    return x[0].clamp(0, 1)
+
+
 # ---------------------------------------------------------------------------------------------- dataset
 
 
@@ -215,9 +255,14 @@ class FaceFolder(Dataset):
     degrade: DegradeFn | None = None
     hflip: bool = False
     cache: bool = False
+    augment: AugmentConfig | None = None
     _cached: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.augment is not None and not self.augment.enabled:
+            self.augment = None
+        # a warp samples a source of twice the size (see augment_face)
+        self._source_size = self.size * 2 if self.augment is not None and self.augment.geometric else self.size
         if self.cache:
             for i in range(len(self.files)):
                 self._cached[i] = (self._load(i) * 255).round().to(torch.uint8)
@@ -228,7 +273,7 @@ class FaceFolder(Dataset):
     def _load(self, index: int) -> torch.Tensor:
         path = self.files[index][0]
         try:
-            return load_face(path, self.size)
+            return load_face(path, self._source_size)
         except OSError as e:
             raise ConfigError(f"could not read training image {path}: {e}. Remove or replace the file.") from e
 
@@ -241,6 +286,8 @@ class FaceFolder(Dataset):
         gen = self.generator(index, epoch)
         if self.hflip and bool(torch.rand((), generator=gen) < 0.5):
             img = img.flip(-1)
+        if self.augment is not None:
+            img = augment_face(img, self.augment, gen, self.size)
         out = {"hq": img * 2 - 1, "index": index}
         if self.degrade is not None:
             out["lq"] = self.degrade(img[None], gen)[0].clamp(0, 1) * 2 - 1
@@ -253,7 +300,8 @@ def build_face_folders(cfg: DataConfig, seed: int, degrade_in_workers: DegradeFn
     train_files, val_files = split_files(list_faces(cfg.root), cfg.val_fraction, cfg.val_max)
     if cfg.max_images is not None:
         train_files = train_files[: cfg.max_images]
-    train = FaceFolder(train_files, cfg.size, seed, "train", degrade_in_workers, cfg.hflip, cfg.cache == "memory")
+    train = FaceFolder(train_files, cfg.size, seed, "train", degrade_in_workers, cfg.hflip, cfg.cache == "memory",
+                       cfg.augment)
     val = FaceFolder(val_files, cfg.size, seed, "val", degrade_in_workers, False, cfg.cache == "memory")
     log.info("data: %d training and %d validation faces from %s at %d px", len(train), len(val), cfg.root, cfg.size)
     return train, val

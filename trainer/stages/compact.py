@@ -101,5 +101,5 @@ def build_held_out(cfg: DataConfig, seed: int, degrade_in_workers) -> tuple[Face
     if cfg.max_images is not None:
         train = train[: cfg.max_images]
     cache = cfg.cache == "memory"
-    return (FaceFolder(train, cfg.size, seed, "train", degrade_in_workers, cfg.hflip, cache),
+    return (FaceFolder(train, cfg.size, seed, "train", degrade_in_workers, cfg.hflip, cache, cfg.augment),
             FaceFolder(val, cfg.size, seed, "val", degrade_in_workers, False, cache))

@@ -2,7 +2,7 @@
 
 1. ``pltrans_dictionary``: the HQ dictionary V (a VQGAN on clean faces), RestoreFormer's recipe: the configured
    reconstruction losses (L1 + LPIPS) + the codebook/commitment loss, and from ``disc_start`` a hinge PatchGAN
-   balanced by VQGAN's adaptive weight.
+   balanced by VQGAN's adaptive weight. Optionally (``restart_every``) dead codes restart on encoder outputs.
 2. ``pltrans_regularizer``: R = {E_Q, D_Q, ε_θ} on the frozen dictionary encoder's features of degraded and
    clean faces: L^q_cons + λ·L_KL, then, after ``warmup_steps`` and :meth:`~LatentRegularizer.calibrate_scale`
    on HQ latents, also L_dif (Eq. 2–4, 12). The model is a whole PLTrans started from the stage-1 dictionary,
@@ -179,10 +179,38 @@ class DictionaryOptions:
     disc_start: int = 30_001  # steps before the GAN starts (the discriminator does not train before)
     disc_weight: float = 0.8  # × the adaptive weight ‖∇L_rec‖/‖∇L_G‖ at the decoder's last layer
     adaptive_weight: bool = True
+    restart_every: int = 0  # every N steps (from step 0), codes unused by the batch move onto its encoder outputs
+    restart_until: int = 0  # … until this step (restarts late in a run would undo what the decoder learnt)
 
     def __post_init__(self) -> None:
         check(self.codebook_weight >= 0 and self.disc_weight >= 0 and self.disc_start >= 0,
               "stage_options: codebook_weight, disc_weight and disc_start must be ≥ 0")
+        check(self.restart_every >= 0 and self.restart_until >= 0,
+              "stage_options: restart_every and restart_until must be ≥ 0")
+
+
+def _restart_dead_codes(ctx: StepContext, hq: torch.Tensor) -> torch.Tensor:
+    """Dead-code restart of the dictionary (VectorQuantizer.restart_unused) on this step's batch.
+
+    A code counts as used if any process's batch uses it; the main process draws the new codes and every
+    process takes them, so the codebook stays identical everywhere. Depends only on the step's batch and
+    weights, so a resumed run restarts exactly as an unbroken one.
+    """
+    vq = ctx.unwrap("dictionary")
+    with torch.no_grad():
+        z = vq.quant_conv(vq.encoder(hq)).float()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    used = None
+    if distributed:
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        used = torch.zeros(vq.quantize.embedding.weight.shape[0], device=z.device)
+        used[nearest_codes(flat, vq.quantize.embedding.weight)[1][:, 0]] = 1
+        torch.distributed.all_reduce(used)
+        used = used > 0
+    dead = vq.quantize.restart_unused(z, ctx.generator, used)
+    if distributed:
+        torch.distributed.broadcast(vq.quantize.embedding.weight.data, 0)
+    return torch.tensor(float(len(dead)), device=ctx.device)
 
 
 def _gan_weight(ctx: StepContext, rec: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
@@ -211,11 +239,15 @@ def dictionary_step(ctx: StepContext, batch: dict) -> dict:
     o: DictionaryOptions = ctx.options
     vq, d = ctx.models["dictionary"], ctx.models["discriminator"]
     hq = batch["hq"]
+    logs: dict[str, torch.Tensor] = {}
+    if o.restart_every:  # logged on every step (0 on most), so the log shows codes restarted per step
+        restart = (ctx.training and ctx.step < o.restart_until and ctx.step % o.restart_every == 0
+                   and ctx.micro % ctx.accum == 0)
+        logs["restarted_codes"] = _restart_dead_codes(ctx, hq) if restart else torch.zeros((), device=ctx.device)
     out = vq(hq)
     rec, parts = ctx.losses(out.reconstruction, hq)
     loss = rec + o.codebook_weight * out.codebook_loss.float()
     total = loss
-    logs: dict[str, torch.Tensor] = {}
     if ctx.step >= o.disc_start:
         d_loss = L.hinge_discriminator_loss(d(hq), d(out.reconstruction.detach()))
         ctx.backward(d_loss)

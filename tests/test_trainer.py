@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -466,6 +467,34 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert final.exitcode == 0 and f"resumed from {last_saved}" in text, text
     assert ref.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
     assert_same_tensors(_final_weights(ref_out, steps), _final_weights(run_out, steps))
+
+
+def test_a_learning_rate_changed_on_resume_takes_effect(tmp_path, caplog):
+    from trainer.loop import train
+
+    root = make_faces(tmp_path / "faces", 8)
+    out = tmp_path / "run"
+
+    def run(steps: int, lr: float):
+        reset_accelerate()
+        cfg = load_cfg("pgdiff_restorer_tiny.yaml", tiny_overrides(out, root, max_steps=steps, **{
+            "log.every": 1, "checkpoint.every": 2, "optim.lr": lr, "optim.schedule": "cosine",
+            "optim.min_lr_ratio": 0.0, "optim.warmup_steps": 0}))
+        return train(cfg)
+
+    first = run(2, 1e-3)
+    with caplog.at_level("INFO", logger="trainer.loop"):
+        resumed = run(4, 1e-4)
+
+    def lrs(result) -> dict[int, float]:
+        return {h["step"]: h["lr/restorer"] for h in result.history if "lr/restorer" in h}
+
+    def cosine(step: int, total: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * step / total))
+
+    assert lrs(first)[1] == pytest.approx(1e-3 * cosine(1, 2))
+    assert lrs(resumed)[3] == pytest.approx(1e-4 * cosine(3, 4))  # the new base rate, the schedule's factor
+    assert "0.001 in the saved state, 0.0001 in the config" in caplog.text
 
 
 # --------------------------------------------------------------------------------------- export and Hub

@@ -263,7 +263,27 @@ class Trainer:
             self.ema.load_state_dict(load_file(str(ema_file)))
         self.step = int(state["step"])
         self.metrics = dict(state.get("metrics", {}))
+        self._apply_configured_lr()
         log.info("resumed from %s (step %d)", path, self.step)
+
+    def _apply_configured_lr(self) -> None:
+        """Make a changed ``optim.lr`` take effect on resume.
+
+        The saved scheduler brings back the learning rate the run started with, so without this a resume with
+        ``optim.lr=…`` would silently keep the old rate. The schedule's factor at the current step still applies.
+        """
+        for name, sched in self.schedulers.items():
+            inner = getattr(sched, "scheduler", sched)  # under Accelerate's wrapper
+            lr = self.cfg.optim_for(name).lr
+            if all(math.isclose(b, lr, rel_tol=1e-9) for b in inner.base_lrs):
+                continue
+            log.info("optim.lr of %s: %g in the saved state, %g in the config; going on with %g", name,
+                     inner.base_lrs[0], lr, lr)
+            inner.base_lrs = [lr] * len(inner.base_lrs)
+            for group, factor in zip(inner.optimizer.param_groups, inner.lr_lambdas):
+                group["initial_lr"] = lr
+                group["lr"] = lr * factor(inner.last_epoch)
+            inner._last_lr = [group["lr"] for group in inner.optimizer.param_groups]
 
     def _check_compatible(self, state: dict[str, Any]) -> None:
         """Settings that change the data order or the random streams make an exact resume impossible."""

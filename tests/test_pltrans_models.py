@@ -121,7 +121,8 @@ def test_dead_codes_restart_on_encoder_outputs():
     z = torch.tensor([[0.1, 0.0], [9.9, 0.1], [0.0, 0.2], [10.2, 0.0], [1.0, 1.0]]).t().reshape(1, 2, 5, 1)
     before = q.embedding.weight.clone()
     used_elsewhere = torch.tensor([False, False, False, True, False, False])  # another process's batch uses code 3
-    dead = q.restart_unused(z, torch.Generator().manual_seed(0), used_elsewhere)
+    assert q.used_codes(z).tolist() == [True, True, False, False, False, False]
+    dead = q.restart_unused(z, torch.Generator().manual_seed(0), q.used_codes(z) | used_elsewhere)
     assert dead.tolist() == [2, 4, 5]
     w = q.embedding.weight
     assert torch.equal(w[[0, 1, 3]], before[[0, 1, 3]])  # used codes stay
@@ -130,7 +131,7 @@ def test_dead_codes_restart_on_encoder_outputs():
     assert len(set(rows)) == 3  # distinct vectors while there are enough
     again = vq.VectorQuantizer(6, 2)
     again.embedding.weight.data.copy_(before)
-    again.restart_unused(z, torch.Generator().manual_seed(0), used_elsewhere)
+    again.restart_unused(z, torch.Generator().manual_seed(0), again.used_codes(z) | used_elsewhere)
     assert torch.equal(again.embedding.weight, w)  # the generator alone decides
     assert q.restart_unused(z[:, :, :1], torch.Generator().manual_seed(1)).numel() == 5  # more dead codes than vectors
     assert torch.isfinite(q.embedding.weight).all()

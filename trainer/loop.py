@@ -283,7 +283,6 @@ class Trainer:
             for group, factor in zip(inner.optimizer.param_groups, inner.lr_lambdas):
                 group["initial_lr"] = lr
                 group["lr"] = lr * factor(inner.last_epoch)
-            inner._last_lr = [group["lr"] for group in inner.optimizer.param_groups]
 
     def _check_compatible(self, state: dict[str, Any]) -> None:
         """Settings that change the data order or the random streams make an exact resume impossible."""

@@ -260,21 +260,27 @@ class VectorQuantizer(nn.Module):
         return z + (z_q - z).detach(), loss, idx.reshape(b, h, w)
 
     @torch.no_grad()
+    def used_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """(n_embed,) bool: the codes that some vector of ``z`` (B, C, H, W) picks."""
+        weight = self.embedding.weight
+        hit = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
+        hit[nearest_codes(z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1]), weight)[1][:, 0]] = True
+        return hit
+
+    @torch.no_grad()
     def restart_unused(self, z: torch.Tensor, generator: torch.Generator, used: torch.Tensor | None = None
                        ) -> torch.Tensor:
-        """Move every code that no vector of ``z`` (B, C, H, W) picks onto a random vector of ``z``; → their indices.
+        """Move every unused code onto a random vector of ``z`` (B, C, H, W); → their indices.
 
         A code that is nobody's nearest gets no gradient from the codebook loss and never comes back on its
         own; with the small uniform initialisation most codes start that way, and a dictionary trained on few
         faces ends up using a tenth of its codes. Restarting dead codes on encoder outputs (Jukebox, SoundStream)
-        keeps them all in use. ``used``: a (n_embed,) mask of codes used elsewhere (other processes' batches).
+        keeps them all in use. ``used``: the (n_embed,) mask of codes in use (default :meth:`used_codes` of
+        ``z``; pass the union over processes' batches when training on several).
         """
         flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
         weight = self.embedding.weight
-        hit = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
-        hit[nearest_codes(flat, weight)[1][:, 0]] = True
-        if used is not None:
-            hit |= used.to(hit.device)
+        hit = self.used_codes(z) if used is None else used.to(weight.device)
         dead = (~hit).nonzero()[:, 0]
         if len(dead):
             n = flat.shape[0]

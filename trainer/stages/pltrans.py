@@ -200,13 +200,11 @@ def _restart_dead_codes(ctx: StepContext, hq: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         z = vq.quant_conv(vq.encoder(hq)).float()
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    used = None
+    used = vq.quantize.used_codes(z)
     if distributed:
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        used = torch.zeros(vq.quantize.embedding.weight.shape[0], device=z.device)
-        used[nearest_codes(flat, vq.quantize.embedding.weight)[1][:, 0]] = 1
-        torch.distributed.all_reduce(used)
-        used = used > 0
+        counts = used.float()
+        torch.distributed.all_reduce(counts)
+        used = counts > 0
     dead = vq.quantize.restart_unused(z, ctx.generator, used)
     if distributed:
         torch.distributed.broadcast(vq.quantize.embedding.weight.data, 0)

@@ -86,6 +86,49 @@ def test_restoration_forward_routes_gradients_to_e_p_and_g_only():
     assert L.restoration_forward(plain, x, None, 100, 10, 3).q_hat.requires_grad
 
 
+def test_code_loss_pulls_degraded_features_onto_the_hq_faces_codes():
+    """The code loss is the MSE between P's features of the degraded face and the codes the HQ face retrieves;
+    its gradient reaches E and P only, and a few steps on it make the degraded face retrieve the HQ face's codes."""
+    torch.manual_seed(0)
+    model = PLTrans(tiny_pltrans())
+    hq = torch.rand(2, 3, 32, 32) * 2 - 1
+    lq = (hq + 0.5 * torch.randn_like(hq)).clamp(-1, 1)
+    with torch.no_grad():
+        q_hq = model.encode(hq)
+        z_hq = model.prior(q_hq).z  # P's conv and self-attention do not involve V
+        model.prior.codebook.copy_(z_hq.mean() + z_hq.std() * torch.randn_like(model.prior.codebook))
+    hq_codes = torch.cdist(z_hq.permute(0, 2, 3, 1).flatten(0, 2), model.prior.codebook).argmin(1)
+
+    # the clean face against itself: its own nearest codes, every position a hit
+    same = L.code_loss(model, model.prior(q_hq), q_hq)
+    assert float(same.hit_rate) == 1.0
+    want = (z_hq.permute(0, 2, 3, 1).flatten(0, 2) - model.prior.codebook[hq_codes]).square().mean()
+    assert torch.allclose(same.loss, want, rtol=1e-5)
+
+    out = L.restoration_forward(model, lq, make_generator(0), 100, 10, 3)
+    code = L.code_loss(model, out.prior, q_hq)
+    target = model.prior.codebook[hq_codes].reshape(2, 8, 8, -1).permute(0, 3, 1, 2)
+    assert torch.allclose(code.loss, (out.prior.z - target).square().mean(), rtol=1e-5)
+    hits = (out.prior.indices[..., 0].flatten() == hq_codes).float().mean()
+    assert float(code.hit_rate) == pytest.approx(float(hits)) and float(hits) < 0.9
+    code.loss.backward()
+    assert _grads(model.encoder) > 0 and model.prior.conv.weight.grad.abs().sum() > 0
+    assert _grads(model.decoder) == 0 and _grads(model.fuse) == 0 and _grads(model.regularizer) == 0
+
+    opt = torch.optim.Adam([*model.encoder.parameters(), *model.prior.parameters()], lr=3e-3)
+    first = (float(code.loss.detach()), float(code.hit_rate))
+    for _ in range(40):
+        opt.zero_grad()
+        code = L.code_loss(model, model.key_value(model.encode(lq)), q_hq)
+        code.loss.backward()
+        opt.step()
+    assert float(code.loss) < 0.5 * first[0] and float(code.hit_rate) > first[1] + 0.2, (first, code)
+
+    with pytest.raises(ValueError, match="dictionary"):
+        plain = PLTrans(tiny_pltrans(use_dictionary=False))
+        L.code_loss(plain, plain.key_value(plain.encode(lq)), plain.encode(hq))
+
+
 def test_consistency_loss_with_features():
     y = torch.zeros(1, 3, 8, 8)
     y_hat = torch.full_like(y, 0.5)

@@ -34,6 +34,19 @@ def test_chain_per_batch_is_drawn_on_the_host_and_reproducible():
 
 
 @pytest.mark.data
+def test_code_loss_needs_the_dictionary(tmp_path):
+    from trainer.config import ConfigError
+    from trainer.loop import Trainer
+
+    with pytest.raises(ConfigError, match="code_weight must be ≥ 0"):
+        real_config("pltrans_restoration_tiny.yaml", tmp_path, **{"stage_options.code_weight": -1.0})
+    cfg = real_config("pltrans_restoration_tiny.yaml", tmp_path,
+                      **{"models.restorer.init": None, "models.restorer.use_dictionary": False})
+    with pytest.raises(ConfigError, match="no dictionary .*set code_weight: 0"):
+        Trainer(cfg)
+
+
+@pytest.mark.data
 def test_three_stages_chain_through_their_exports(tmp_path, caplog):
     from bfr_core.pipelines.pltrans import PLTransPipeline
     from bfr_core.weights import load_model
@@ -82,9 +95,13 @@ def test_three_stages_chain_through_their_exports(tmp_path, caplog):
     assert float(restorer.regularizer.latent_scale) == scale
     third = trainer.run()
     l1 = _series(third, "train/l1")
-    assert len(l1) == 8 and np.mean(l1[-2:]) < 0.85 * l1[0], l1
+    code = _series(third, "train/code")  # the code loss (weight 1) shares E's and P's updates with L1
+    assert len(l1) == 8 and np.mean(l1[-2:]) < 0.95 * l1[0], l1
+    assert np.mean(code[-2:]) < 0.9 * code[0], code
     last = third.history[-2]
-    assert {"train/d_loss", "train/g_adv", "train/reg_dif", "train/r_first", "train/n"} <= set(last)
+    assert {"train/d_loss", "train/g_adv", "train/reg_dif", "train/r_first", "train/n", "train/code",
+            "train/code_hits"} <= set(last)
+    assert 0 <= last["train/code_hits"] <= 1
     assert 20 <= last["train/n"] <= 100 and "val/psnr_restored" in third.metrics
     assert torch.equal(restorer.prior.codebook, vq.quantize.embedding.weight)  # V stays frozen
 

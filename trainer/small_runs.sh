@@ -3,7 +3,7 @@
 # restorer and the VSPBFR restoration stage, all at once on one GPU (each is far too small to fill it). Every
 # config carries its own max_minutes, so the whole set ends in about nine minutes.
 #   trainer/small_runs.sh DATA_ROOT [OUT_ROOT] [extra key=value overrides for every run]
-# SCALE=cpu runs the *_cpu configs (64 px, about 85 minutes for PLTrans on 2 cores); METHODS picks the methods
+# SCALE=cpu runs the *_cpu configs (64 px, about 45 minutes for PLTrans on 2 cores); METHODS picks the methods
 # (default "pltrans pgdiff vspbfr").
 set -u
 scale=${SCALE:-small}

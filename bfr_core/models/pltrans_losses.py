@@ -13,6 +13,8 @@ Paper equations and how they are reduced here:
 * Eq. 12, gradient routing: R = {E_Q, D_Q, ε_θ} learns only from L^q_cons + λL_KL + L_dif, on detached encoder
   features; E, P, the cross-attention and G learn from L_cons + L_adv with the query q̂ computed without
   gradient (:func:`restoration_forward`).
+* Not in the paper: :func:`code_loss`, an optional anchor of P's features to the HQ face's codes (the design
+  note's "Training" section says why).
 
 Stage 1 (the HQ dictionary V, RestoreFormer's recipe): :func:`dictionary_losses`, :func:`adaptive_gan_weight`,
 the hinge GAN pair.
@@ -26,11 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from .pltrans import PLTrans, LatentRegularizer, PriorOutput, draw_noise
-from .vq import VQOutput
+from .vq import VQOutput, nearest_codes
 
 __all__ = [
     "KL_WEIGHT", "kl_loss", "q_consistency_loss", "diffusion_loss", "RegularizerLosses", "regularizer_losses",
-    "RestorationOutputs", "restoration_forward", "consistency_loss", "generator_adversarial_loss",
+    "RestorationOutputs", "restoration_forward", "CodeLoss", "code_loss", "consistency_loss", "generator_adversarial_loss",
     "discriminator_adversarial_loss", "dictionary_losses", "adaptive_gan_weight", "hinge_generator_loss",
     "hinge_discriminator_loss",
 ]
@@ -126,6 +128,30 @@ def restoration_forward(model: PLTrans, lq: torch.Tensor, generator: torch.Gener
     prior = model.key_value(q)
     restored = model.decode(model.transform(q_hat, prior.key_value))
     return RestorationOutputs(restored, q, q_hat, prior)
+
+
+class CodeLoss(NamedTuple):
+    """:func:`code_loss`'s value and the share of positions whose nearest code is already the HQ face's."""
+
+    loss: torch.Tensor
+    hit_rate: torch.Tensor
+
+
+def code_loss(model: PLTrans, prior: PriorOutput, q_hq: torch.Tensor) -> CodeLoss:
+    """mean (z − sg(e_hq))²: P's features of the degraded face pulled onto the codes the HQ face retrieves.
+
+    e_hq is the entry of V nearest to P's features of the HQ face (``q_hq`` = E(y), run without gradient).
+    Retrieval (Eq. 5) is not differentiable, so nothing else in Eq. 12 keeps z near V while E and P train; this
+    is RestoreFormer's commitment term with CodeFormer's target (the HQ face's codes instead of the nearest).
+    """
+    if model.prior.codebook is None:
+        raise ValueError("the code loss needs the dictionary V (use_dictionary: true)")
+    with torch.no_grad():
+        z_hq = model.prior.attn(model.prior.conv(q_hq.to(prior.z.dtype)))
+        idx = nearest_codes(z_hq.detach().float().permute(0, 2, 3, 1), model.prior.codebook, 1)[1][..., 0]
+        target = model.prior.codebook[idx].permute(0, 3, 1, 2)
+        hits = (prior.indices[..., 0] == idx).float().mean()
+    return CodeLoss(F.mse_loss(prior.z.float(), target.float()), hits)
 
 
 def consistency_loss(restored: torch.Tensor, target: torch.Tensor, features: FeatureFn | None = None,

@@ -112,10 +112,10 @@ class TrainablePLTrans(PLTrans):
         return RegularizerPass(losses, std)
 
     def restoration_pass(self, lq: torch.Tensor, hq: torch.Tensor, generator: torch.Generator, n: int, s: int,
-                         steps: int, kl_weight: float, regularize: bool
-                         ) -> tuple[L.RestorationOutputs, RegularizerPass | None]:
-        """The restoration network's pass and, if ``regularize``, R's objective with L_dif on the current encoder's
-        features (all detached).
+                         steps: int, kl_weight: float, regularize: bool, code: bool = False
+                         ) -> tuple[L.RestorationOutputs, RegularizerPass | None, L.CodeLoss | None]:
+        """The restoration network's pass; if ``regularize``, R's objective with L_dif on the current encoder's
+        features (all detached); if ``code``, :func:`~bfr_core.models.pltrans_losses.code_loss`.
 
         The pass is :func:`~bfr_core.models.pltrans_losses.restoration_forward` (E, P, cross-attention and G with
         gradients, the query chain without), except that the chain runs in float32 under mixed precision, as the
@@ -129,13 +129,18 @@ class TrainablePLTrans(PLTrans):
                 q_hat = self.query(q.detach().float(), n, s, steps, generator)
         prior = self.key_value(q)
         out = L.RestorationOutputs(self.decode(self.transform(q_hat.to(q.dtype), prior.key_value)), q, q_hat, prior)
-        reg = None
-        if regularize and self.regularizer is not None:
-            with torch.no_grad():
-                q_hq = self.encode(hq).float()
+        regularize = regularize and self.regularizer is not None
+        if not (regularize or code):
+            return out, None, None
+        with torch.no_grad():
+            q_hq = self.encode(hq).float()
+        reg = code_loss = None
+        if regularize:
             q = torch.cat([out.q.detach().float(), q_hq])
             reg = self._regularizer_losses(self.regularizer, q, q_hq, generator, kl_weight, True)
-        return out, reg
+        if code:
+            code_loss = L.code_loss(self, prior, q_hq)
+        return out, reg, code_loss
 
     @torch.no_grad()
     def calibrate(self, hq: torch.Tensor, generator: torch.Generator) -> float:
@@ -367,6 +372,7 @@ class RestorationOptions:
     disc_start: int = 10_001  # RestoreFormer's restoration stage
     kl_weight: float = L.KL_WEIGHT
     regularizer_losses: bool = True  # keep training R on its own objective (Eq. 12 optimises all three together)
+    code_weight: float = 0.0  # weight of pltrans_losses.code_loss (not in Eq. 12; see the design note)
     sample_n: int = DEFAULT_N  # the chain of sample grids and validation
     sample_s: int = DEFAULT_S
     sample_steps: int = DEFAULT_STEPS
@@ -374,8 +380,8 @@ class RestorationOptions:
     def __post_init__(self) -> None:
         check(1 <= self.n_min <= self.n_max, "stage_options: need 1 ≤ n_min ≤ n_max")
         check(self.s_divisor >= 1 and self.steps >= 1, "stage_options: s_divisor and steps must be ≥ 1")
-        check(self.adv_weight >= 0 and self.disc_start >= 0 and self.kl_weight >= 0,
-              "stage_options: adv_weight, disc_start and kl_weight must be ≥ 0")
+        check(self.adv_weight >= 0 and self.disc_start >= 0 and self.kl_weight >= 0 and self.code_weight >= 0,
+              "stage_options: adv_weight, disc_start, kl_weight and code_weight must be ≥ 0")
 
 
 def chain_for_batch(options: RestorationOptions, seed: int, micro: int) -> tuple[int, int, int]:
@@ -392,6 +398,9 @@ def chain_for_batch(options: RestorationOptions, seed: int, micro: int) -> tuple
 
 def _restoration_setup(ctx: StepContext) -> None:
     model = ctx.unwrap("restorer")
+    if ctx.options.code_weight and model.prior.codebook is None:
+        raise ConfigError("stage_options.code_weight pulls P's features onto the dictionary's codes; the model has "
+                          "no dictionary (use_dictionary: false): set code_weight: 0")
     if model.regularizer is not None:
         o = ctx.options
         model.regularizer.levels(o.n_max, o.n_max // o.s_divisor, None)
@@ -416,7 +425,9 @@ def restoration_step(ctx: StepContext, batch: dict) -> dict:
     ``loss`` is the configured L_cons (Eq. 10; e.g. L1 + VGG features). From ``disc_start`` the PatchGAN learns
     −log D(y) − log(1 − D(ŷ)) first, then the network adds −log D(ŷ) × ``adv_weight`` (× the adaptive weight).
     R's objective (L^q_cons + λ L_KL + L_dif, detached features) is added to the backward pass; its gradients
-    reach only R. Validation uses the sampling chain (``sample_n``, ``sample_s``, ``sample_steps``).
+    reach only R. With ``code_weight`` > 0, the code loss (P's features of the degraded face onto the HQ face's
+    codes) is added, and ``code_hits`` logs how often the nearest code already is the HQ face's. Validation uses
+    the sampling chain (``sample_n``, ``sample_s``, ``sample_steps``).
     """
     o: RestorationOptions = ctx.options
     m, d = ctx.models["restorer"], ctx.models["discriminator"]
@@ -425,7 +436,8 @@ def restoration_step(ctx: StepContext, batch: dict) -> dict:
         n, s, steps = chain_for_batch(o, ctx.seed, ctx.micro)
     else:
         n, s, steps = o.sample_n, o.sample_s, o.sample_steps
-    out, reg = m(lq, hq, ctx.generator, n, s, steps, o.kl_weight, o.regularizer_losses, train="restoration")
+    out, reg, code = m(lq, hq, ctx.generator, n, s, steps, o.kl_weight, o.regularizer_losses, o.code_weight > 0,
+                       train="restoration")
     restored = out.restored
     cons, parts = ctx.losses(restored, hq)
     total = cons
@@ -440,6 +452,9 @@ def restoration_step(ctx: StepContext, batch: dict) -> dict:
         weight = _gan_weight(ctx, cons, g_loss, last, o.adv_weight, o.adaptive_adv_weight)
         total = total + weight * g_loss
         logs.update(d_loss=d_loss.detach(), g_adv=g_loss.detach(), adv_weight=weight.detach())
+    if code is not None:
+        total = total + o.code_weight * code.loss
+        logs.update(code=code.loss.detach(), code_hits=code.hit_rate)
     if reg is not None:
         total = total + reg.losses.total
         logs.update(reg_cons=reg.losses.cons.detach(), reg_kl=reg.losses.kl.detach(), reg_dif=reg.losses.dif.detach(),

@@ -464,8 +464,12 @@ class PriorKeyValue(nn.Module):
         """
         return nearest_codes(z.detach().permute(0, 2, 3, 1), self.codebook, self.top_d)
 
+    def features(self, q: torch.Tensor) -> torch.Tensor:
+        """z = SelfAttention(conv(q)): the features that retrieval (Eq. 5) and Φ's context use."""
+        return self.attn(self.conv(q))
+
     def forward(self, q: torch.Tensor) -> PriorOutput:
-        z = self.attn(self.conv(q))
+        z = self.features(q)
         indices = None
         if self.codebook is None:
             z_tilde = z

@@ -147,8 +147,8 @@ def code_loss(model: PLTrans, prior: PriorOutput, q_hq: torch.Tensor) -> CodeLos
     if model.prior.codebook is None:
         raise ValueError("the code loss needs the dictionary V (use_dictionary: true)")
     with torch.no_grad():
-        z_hq = model.prior.attn(model.prior.conv(q_hq.to(prior.z.dtype)))
-        idx = nearest_codes(z_hq.detach().float().permute(0, 2, 3, 1), model.prior.codebook, 1)[1][..., 0]
+        z_hq = model.prior.features(q_hq)
+        idx = nearest_codes(z_hq.permute(0, 2, 3, 1), model.prior.codebook, 1)[1][..., 0]
         target = model.prior.codebook[idx].permute(0, 3, 1, 2)
         hits = (prior.indices[..., 0] == idx).float().mean()
     return CodeLoss(F.mse_loss(prior.z.float(), target.float()), hits)

@@ -397,12 +397,11 @@ def chain_for_batch(options: RestorationOptions, seed: int, micro: int) -> tuple
 
 
 def _restoration_setup(ctx: StepContext) -> None:
-    model = ctx.unwrap("restorer")
-    if ctx.options.code_weight and model.prior.codebook is None:
+    model, o = ctx.unwrap("restorer"), ctx.options
+    if o.code_weight and model.prior.codebook is None:
         raise ConfigError("stage_options.code_weight pulls P's features onto the dictionary's codes; the model has "
                           "no dictionary (use_dictionary: false): set code_weight: 0")
     if model.regularizer is not None:
-        o = ctx.options
         model.regularizer.levels(o.n_max, o.n_max // o.s_divisor, None)
         model.regularizer.levels(o.sample_n, o.sample_s, o.sample_steps)
         if float(model.regularizer.latent_scale) == 1.0:
